@@ -1,0 +1,1 @@
+"""Generated from proto/ by generate_proto.sh; do not edit."""
