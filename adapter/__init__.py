@@ -1,0 +1,1 @@
+"""The gRPC adapter: inference.v1.InferenceService in front of NVIDIA Triton."""

@@ -1,0 +1,150 @@
+"""The adapter's settings: every environment variable it reads, parsed once at start-up.
+
+A bad value raises ConfigError naming the variable, and the adapter refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the adapter cannot use."""
+
+
+def default_model_cache_dir() -> Path:
+    return Path.home() / ".cache" / "inference-platform" / "models"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Public gRPC server.
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50051
+    grpc_max_workers: int = 10
+    grpc_max_message_size: int = 100 * 1024 * 1024
+    grpc_enable_reflection: bool = True
+    # Triton: an external server at triton_url, or an embedded one when it is empty.
+    triton_url: str = ""
+    triton_metrics_url: str = ""
+    model_repository: Path = REPO_ROOT / "model_repository"
+    embedded_triton_grpc_port: int = 0
+    embedded_triton_metrics_port: int = 0
+    triton_startup_timeout_s: float = 120.0
+    model_load_timeout_s: float = 600.0
+    preload_models: tuple[str, ...] = ("llm",)
+    # Weights of the local models (embedded mode): built small models unless overridden.
+    model_cache_dir: Path = default_model_cache_dir()
+    llm_model_id: str = ""
+    log_level: str = "INFO"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.triton_url
+
+    def model_environment(self) -> dict[str, str]:
+        """Variables the embedded Triton passes to its models (which weights to serve)."""
+        return {"LLM_MODEL_ID": self.llm_model_id or str(self.model_cache_dir / "tiny-chat-llm")}
+
+
+def _parse(env: Mapping[str, str], name: str, default: T, convert: Callable[[str], T], expected: str) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return convert(raw.strip())
+    except (ValueError, TypeError):
+        raise ConfigError(f"{name}={raw!r} is not valid: expected {expected}") from None
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _port(allow_zero: bool) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        value = int(text)
+        if not (0 if allow_zero else 1) <= value <= 65535:
+            raise ValueError(text)
+        return value
+
+    return convert
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(text)
+    return level
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Reads the environment (or the mapping given) into Settings; raises ConfigError."""
+    env = os.environ if env is None else env
+    d = Settings()
+    preload_raw = env.get("PRELOAD_MODELS")
+    settings = Settings(
+        grpc_host=env.get("GRPC_HOST", "").strip() or d.grpc_host,
+        grpc_port=_parse(env, "GRPC_PORT", d.grpc_port, _port(allow_zero=False), "a port number 1-65535"),
+        grpc_max_workers=_parse(env, "GRPC_MAX_WORKERS", d.grpc_max_workers, _positive_int, "a positive integer"),
+        grpc_max_message_size=_parse(
+            env, "GRPC_MAX_MESSAGE_SIZE", d.grpc_max_message_size, _positive_int, "a positive number of bytes"
+        ),
+        grpc_enable_reflection=_parse(
+            env, "GRPC_ENABLE_REFLECTION", d.grpc_enable_reflection, _boolean, "true or false"
+        ),
+        triton_url=env.get("TRITON_URL", "").strip(),
+        triton_metrics_url=env.get("TRITON_METRICS_URL", "").strip(),
+        model_repository=_parse(env, "MODEL_REPOSITORY", d.model_repository, Path, "a folder"),
+        embedded_triton_grpc_port=_parse(
+            env, "EMBEDDED_TRITON_GRPC_PORT", 0, _port(allow_zero=True), "a port number (0 picks a free one)"
+        ),
+        embedded_triton_metrics_port=_parse(
+            env, "EMBEDDED_TRITON_METRICS_PORT", 0, _port(allow_zero=True), "a port number (0 picks a free one)"
+        ),
+        triton_startup_timeout_s=_parse(
+            env, "TRITON_STARTUP_TIMEOUT", d.triton_startup_timeout_s, _positive_float, "seconds > 0"
+        ),
+        model_load_timeout_s=_parse(env, "MODEL_LOAD_TIMEOUT", d.model_load_timeout_s, _positive_float, "seconds > 0"),
+        # Set but empty means "preload nothing".
+        preload_models=d.preload_models if preload_raw is None else _name_list(preload_raw),
+        model_cache_dir=_parse(env, "MODEL_CACHE_DIR", d.model_cache_dir, Path, "a folder"),
+        llm_model_id=env.get("LLM_MODEL_ID", "").strip(),
+        log_level=_parse(env, "LOG_LEVEL", d.log_level, _log_level, "DEBUG, INFO, WARNING or ERROR"),
+    )
+    if settings.embedded and not settings.model_repository.is_dir():
+        raise ConfigError(f"MODEL_REPOSITORY={str(settings.model_repository)!r} is not a folder")
+    if settings.triton_url and "://" in settings.triton_url:
+        raise ConfigError(f"TRITON_URL={settings.triton_url!r} must be host:port (Triton's gRPC endpoint), no scheme")
+    return settings

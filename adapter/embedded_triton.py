@@ -1,0 +1,227 @@
+"""Starts and supervises the `tritonserver` binary that ships in the nvidia-pytriton wheel.
+
+Used when TRITON_URL is not set (local runs and tests); in Docker the adapter talks to a separate
+Triton container instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import sysconfig
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import tritonclient.grpc.aio as triton_grpc
+
+log = logging.getLogger(__name__)
+triton_log = logging.getLogger("triton")
+
+SHM_PREFIX = "inference_adapter_"
+_SHM_DIR = Path("/dev/shm")
+
+
+class EmbeddedTritonError(RuntimeError):
+    """The embedded Triton could not be found, started or made ready."""
+
+
+@dataclass(frozen=True)
+class EmbeddedTritonOptions:
+    model_repository: Path
+    grpc_port: int  # 0 picks a free port
+    metrics_port: int  # 0 picks a free port
+    startup_timeout_s: float
+    models_to_load: tuple[str, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = ()
+    exit_timeout_s: int = 10
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError as err:
+        raise EmbeddedTritonError("nvidia-pytriton is not installed: it provides the tritonserver binary") from err
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def _stub_python_env() -> dict[str, str]:
+    """Environment in which the python backend's stub finds this interpreter and its packages."""
+    env = dict(os.environ)
+    # The stub embeds the first python3 on PATH: the virtualenv's, so models see its site-packages.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # The base interpreter's libpython must win over any system one (TRITON_NOTES: _PyModule_Add).
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    wheel_libs = Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs"
+    parts = [libdir, str(wheel_libs), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in parts if p)
+    return env
+
+
+def _prepare_backend_dir(root: Path) -> Path:
+    """A backend directory holding the python backend plus the stub for the running Python."""
+    triton_dir = _pytriton_dir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = triton_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise EmbeddedTritonError(f"nvidia-pytriton ships no python backend stub for Python {version}")
+    python_dir = root / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in [*(triton_dir / "backends" / "python").glob("*.*"), stub]:
+        target = python_dir / source.name
+        if not target.exists():
+            target.symlink_to(source)
+    return root
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_shared_memory() -> None:
+    """Removes python-backend shared memory left by embedded Tritons whose adapter has died."""
+    pattern = re.compile(rf"^{SHM_PREFIX}(\d+)_")
+    for path in _SHM_DIR.glob(f"{SHM_PREFIX}*"):
+        match = pattern.match(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+class EmbeddedTriton:
+    """One tritonserver child process: start, wait until ready, forward its log, stop."""
+
+    def __init__(self, options: EmbeddedTritonOptions) -> None:
+        self.options = options
+        self.grpc_port = options.grpc_port or _free_port()
+        self.metrics_port = options.metrics_port or _free_port()
+        self._process: asyncio.subprocess.Process | None = None
+        self._workdir: Path | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._recent_log: deque[str] = deque(maxlen=40)
+        self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{id(self) & 0xFFFF:x}_"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        clean_stale_shared_memory()
+        self._workdir = Path(tempfile.mkdtemp(prefix="embedded-triton-"))
+        backend_dir = _prepare_backend_dir(self._workdir / "backends")
+        binary = _pytriton_dir() / "bin" / "tritonserver"
+        args = [
+            str(binary),
+            f"--model-repository={self.options.model_repository.resolve()}",
+            "--model-control-mode=explicit",
+            f"--backend-directory={backend_dir}",
+            "--disable-auto-complete-config",  # configs are complete; halves load time
+            "--allow-http=false",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=true",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            f"--exit-timeout-secs={self.options.exit_timeout_s}",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+            "--log-info=true",
+        ]
+        args += [f"--load-model={name}" for name in self.options.models_to_load]
+        env = _stub_python_env()
+        env.update(dict(self.options.extra_env))
+        log.info("starting embedded tritonserver (grpc %s, metrics %s)", self.grpc_url, self.metrics_url)
+        self._process = await asyncio.create_subprocess_exec(
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stubs are stopped with it
+        )
+        self._log_task = asyncio.create_task(self._forward_log())
+        await self._wait_ready()
+
+    async def _forward_log(self) -> None:
+        assert self._process and self._process.stdout
+        async for raw in self._process.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                self._recent_log.append(line)
+                triton_log.info("%s", line)
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        client = triton_grpc.InferenceServerClient(self.grpc_url)
+        try:
+            while time.monotonic() < deadline:
+                if self._process is None or self._process.returncode is not None:
+                    raise EmbeddedTritonError(
+                        "tritonserver exited during start-up; its last lines:\n" + "\n".join(self._recent_log)
+                    )
+                with contextlib.suppress(Exception):
+                    if await client.is_server_ready():
+                        log.info("embedded tritonserver ready (pid %s)", self.pid)
+                        return
+                await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+        await self.stop()
+        raise EmbeddedTritonError(
+            f"tritonserver not ready after {self.options.startup_timeout_s:.0f}s; its last lines:\n"
+            + "\n".join(self._recent_log)
+        )
+
+    async def stop(self) -> None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL the whole group if it lingers."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.options.exit_timeout_s + 5)
+            except asyncio.TimeoutError:
+                log.warning("tritonserver did not exit after SIGTERM; killing its process group")
+        if process is not None:
+            # Stubs are in the server's process group; none may outlive it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                await process.wait()
+        if self._log_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._log_task, 2)
+        for path in _SHM_DIR.glob(f"{self._shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        self._process = None

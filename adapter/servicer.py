@@ -1,0 +1,72 @@
+"""inference.v1.InferenceService: the gRPC surface, delegating each RPC to its service module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from adapter.errors import map_stream_errors
+from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
+from adapter.services.text_generation import TextGenerationService
+
+
+async def _not_yet(context: grpc.aio.ServicerContext, rpc: str) -> Any:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is part of the API but not implemented by this server yet")
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    def __init__(self, text: TextGenerationService) -> None:
+        self._text = text
+
+    @map_stream_errors
+    async def ChatStream(  # noqa: N802 - gRPC method name
+        self, request: pb.ChatStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ChatStreamResponse]:
+        async for response in self._text.chat(request):
+            yield response
+
+    @map_stream_errors
+    async def GenerateStream(  # noqa: N802
+        self, request: pb.GenerateStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        async for response in self._text.generate(request):
+            yield response
+
+    async def GetEmbedding(  # noqa: N802
+        self, request: pb.GetEmbeddingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEmbeddingResponse:
+        return await _not_yet(context, "GetEmbedding")
+
+    async def GenerateImage(  # noqa: N802
+        self, request: pb.GenerateImageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateImageResponse:
+        return await _not_yet(context, "GenerateImage")
+
+    async def EditImage(  # noqa: N802
+        self, request: pb.EditImageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EditImageResponse:
+        return await _not_yet(context, "EditImage")
+
+    async def CheckImageStatus(  # noqa: N802
+        self, request: pb.CheckImageStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckImageStatusResponse:
+        return await _not_yet(context, "CheckImageStatus")
+
+    async def ManageVRAM(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.ManageVRAMRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ManageVRAMResponse]:
+        await _not_yet(context, "ManageVRAM")
+        yield pb.ManageVRAMResponse()  # unreachable: abort raises; makes this an async generator
+
+    async def ClearMemory(  # noqa: N802
+        self, request: pb.ClearMemoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClearMemoryResponse:
+        return await _not_yet(context, "ClearMemory")
+
+    async def GetMemoryStats(  # noqa: N802
+        self, request: pb.GetMemoryStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetMemoryStatsResponse:
+        return await _not_yet(context, "GetMemoryStats")

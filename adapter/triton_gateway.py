@@ -1,0 +1,194 @@
+"""The one layer that talks to Triton: readiness, the model repository, loading, streaming inference.
+
+Servicers call this with plain Python values; nothing here knows about the public protobufs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from adapter import errors
+
+log = logging.getLogger(__name__)
+
+# Makes Triton end a failed stream with a real gRPC status instead of an error string in a message.
+STREAM_HEADERS = {"triton_grpc_error": "true"}
+
+
+@dataclass(frozen=True)
+class TextGenerationRequest:
+    model: str
+    sampling: dict[str, Any]
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """One response of the LLM model; the last one has finish_reason set."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _ModelInfo:
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def _bytes_input(name: str, value: str) -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([value.encode("utf-8")], dtype=np.object_))
+    return tensor
+
+
+def _first_int(result: Any, name: str) -> int:
+    array = result.as_numpy(name)
+    return int(array.reshape(-1)[0]) if array is not None else 0
+
+
+class TritonGateway:
+    def __init__(self, url: str, load_timeout_s: float) -> None:
+        self.url = url
+        self._client = triton_grpc.InferenceServerClient(url)
+        self._load_timeout_s = load_timeout_s
+        self._ready_models: set[str] = set()
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._model_info: dict[str, _ModelInfo] = {}
+
+    async def close(self) -> None:
+        for task in self._loads.values():
+            task.cancel()
+        await self._client.close()
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready())
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    async def repository_index(self) -> dict[str, tuple[str, str]]:
+        """Every model in Triton's repository: name -> (state, reason); state "" = never loaded."""
+        try:
+            index = await self._client.get_model_repository_index(as_json=True)
+        except (InferenceServerException, OSError) as err:
+            raise errors.from_triton(err, "reading the model repository") from err
+        return {
+            entry["name"]: (entry.get("state", ""), entry.get("reason", ""))
+            for entry in index.get("models", [])
+        }
+
+    async def ensure_loaded(self, model: str) -> float:
+        """Loads the model if Triton does not serve it yet; returns the seconds this call waited.
+
+        Concurrent callers share one load (single flight).
+        """
+        if model in self._ready_models:
+            return 0.0
+        started = time.monotonic()
+        task = self._loads.get(model)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(model))
+            self._loads[model] = task
+            task.add_done_callback(lambda _: self._loads.pop(model, None))
+        # shield: one caller giving up must not cancel the load the others wait for.
+        await asyncio.shield(task)
+        return time.monotonic() - started
+
+    async def _load(self, model: str) -> None:
+        index = await self.repository_index()
+        if model not in index:
+            available = ", ".join(sorted(index)) or "none"
+            raise errors.NotFound(f"model {model!r} is not in Triton's model repository (available: {available})")
+        if index[model][0] != "READY":
+            log.info("loading model %s", model)
+            started = time.monotonic()
+            try:
+                await self._client.load_model(model, client_timeout=self._load_timeout_s)
+            except InferenceServerException as err:
+                code = errors.triton_status(err)
+                if code in (errors.Code.UNAVAILABLE, errors.Code.DEADLINE_EXCEEDED):
+                    raise errors.from_triton(err, f"loading model {model!r}") from err
+                raise errors.FailedPrecondition(
+                    f"model {model!r} failed to load: {errors.triton_message(err)}"
+                ) from err
+            log.info("loaded model %s in %.1fs", model, time.monotonic() - started)
+        self._model_info[model] = await self._read_model_info(model)
+        self._ready_models.add(model)
+
+    async def _read_model_info(self, model: str) -> _ModelInfo:
+        try:
+            config = await self._client.get_model_config(model, as_json=True)
+        except InferenceServerException as err:
+            raise errors.from_triton(err, f"reading the config of {model!r}") from err
+        raw = config.get("config", {}).get("parameters", {})
+        return _ModelInfo(parameters={key: value.get("string_value", "") for key, value in raw.items()})
+
+    def model_parameter(self, model: str, key: str) -> str | None:
+        """A `parameters` entry of a loaded model's config.pbtxt."""
+        info = self._model_info.get(model)
+        return info.parameters.get(key) if info else None
+
+    def forget(self, model: str) -> None:
+        """Marks a model as not loaded (Triton told us it is gone)."""
+        self._ready_models.discard(model)
+
+    async def stream_text(self, request: TextGenerationRequest) -> AsyncIterator[TextChunk]:
+        """Streams the LLM model's responses; cancelling the consumer cancels the Triton request."""
+        inputs = [_bytes_input("sampling_parameters", json.dumps(request.sampling))]
+        if request.messages is not None:
+            inputs.append(_bytes_input("messages", json.dumps(request.messages)))
+        else:
+            inputs.append(_bytes_input("text_input", request.prompt or ""))
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": request.model, "inputs": inputs}
+
+        responses = self._client.stream_infer(one_request(), headers=STREAM_HEADERS)
+        finished = False
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise error
+                text = result.as_numpy("text_output")
+                reason = result.as_numpy("finish_reason")
+                chunk = TextChunk(text=text.reshape(-1)[0].decode("utf-8") if text is not None else "")
+                if reason is not None:
+                    finished = True
+                    yield TextChunk(
+                        text=chunk.text,
+                        finish_reason=reason.reshape(-1)[0].decode("utf-8"),
+                        prompt_tokens=_first_int(result, "prompt_tokens"),
+                        completion_tokens=_first_int(result, "completion_tokens"),
+                    )
+                    return
+                yield chunk
+        except Exception as err:
+            code = errors.triton_status(err)
+            if code is None:
+                raise  # ours, or unexpected: the servicer maps it
+            if code == errors.Code.NOT_FOUND:
+                # Loaded when we checked, gone now (unloaded behind our back): reload next time.
+                self.forget(request.model)
+                raise errors.Unavailable(
+                    f"model {request.model!r} was unloaded while the request started; retry it"
+                ) from err
+            raise errors.from_triton(err, f"streaming from {request.model!r}") from err
+        finally:
+            if not finished:
+                # Our caller went away (client cancel, deadline) or Triton failed: stop the model.
+                responses.cancel()
+        if not finished:
+            raise errors.Internal(f"model {request.model!r} ended its stream without a final response")

@@ -1,0 +1,87 @@
+"""Checks of public requests, before anything reaches Triton. Each failure names the field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from adapter.errors import InvalidArgument
+from adapter.gen.inference.v1 import inference_pb2 as pb
+
+VALID_ROLES = ("system", "user", "assistant")
+MAX_STOP_SEQUENCES = 16
+
+
+def require_model(model: str) -> str:
+    if not model.strip():
+        raise InvalidArgument("model is required (for example \"llm\")")
+    return model
+
+
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    if not messages:
+        raise InvalidArgument("messages must not be empty")
+    checked = []
+    for i, message in enumerate(messages):
+        if message.role not in VALID_ROLES:
+            raise InvalidArgument(f"messages[{i}].role must be one of {', '.join(VALID_ROLES)}; got {message.role!r}")
+        checked.append({"role": message.role, "content": message.content})
+    if not any(m["content"].strip() for m in checked):
+        raise InvalidArgument("messages must contain some text; every content is empty")
+    return checked
+
+
+def prompt_text(prompt: str) -> str:
+    if not prompt:
+        raise InvalidArgument("prompt must not be empty")
+    return prompt
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"options.{name} must be a finite number; got {value}")
+    return value
+
+
+def sampling_parameters(options: pb.GenerationOptions, max_tokens_limit: int | None) -> dict[str, Any]:
+    """The options as the LLM model's `sampling_parameters`; unset options are left to the model."""
+    out: dict[str, Any] = {}
+    if options.HasField("max_tokens"):
+        if options.max_tokens <= 0:
+            raise InvalidArgument(f"options.max_tokens must be > 0; got {options.max_tokens}")
+        if max_tokens_limit is not None and options.max_tokens > max_tokens_limit:
+            raise InvalidArgument(
+                f"options.max_tokens must be at most {max_tokens_limit} for this model; got {options.max_tokens}"
+            )
+        out["max_tokens"] = options.max_tokens
+    if options.HasField("temperature"):
+        if _finite("temperature", options.temperature) < 0:
+            raise InvalidArgument(f"options.temperature must be >= 0; got {options.temperature:g}")
+        out["temperature"] = options.temperature
+    if options.HasField("top_p"):
+        if not 0 < _finite("top_p", options.top_p) <= 1:
+            raise InvalidArgument(f"options.top_p must be in (0, 1]; got {options.top_p:g}")
+        out["top_p"] = options.top_p
+    if options.HasField("top_k"):
+        if options.top_k < 0:
+            raise InvalidArgument(f"options.top_k must be >= 0 (0 disables it); got {options.top_k}")
+        out["top_k"] = options.top_k
+    if options.HasField("repetition_penalty"):
+        if not _finite("repetition_penalty", options.repetition_penalty) > 0:
+            raise InvalidArgument(f"options.repetition_penalty must be > 0; got {options.repetition_penalty:g}")
+        out["repetition_penalty"] = options.repetition_penalty
+    for name in ("frequency_penalty", "presence_penalty"):
+        if options.HasField(name):
+            value = _finite(name, getattr(options, name))
+            if not -2 <= value <= 2:
+                raise InvalidArgument(f"options.{name} must be in [-2, 2]; got {value:g}")
+            out[name] = value
+    if options.HasField("seed"):
+        out["seed"] = options.seed
+    if options.stop:
+        if len(options.stop) > MAX_STOP_SEQUENCES:
+            raise InvalidArgument(f"options.stop allows at most {MAX_STOP_SEQUENCES} sequences; got {len(options.stop)}")
+        if any(not s for s in options.stop):
+            raise InvalidArgument("options.stop must not contain empty strings")
+        out["stop"] = list(options.stop)
+    return out

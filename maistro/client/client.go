@@ -1,0 +1,223 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	pb "github.com/inference-platform/maistro/grpc/inference"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+)
+
+// Keepalive pings keep idle connections through proxies and notice a dead server; the adapter
+// accepts them every 10s even with no call open.
+var keepaliveParams = keepalive.ClientParameters{
+	Time:                10 * time.Second,
+	Timeout:             5 * time.Second,
+	PermitWithoutStream: true,
+}
+
+// ErrIncompleteStream is returned when a stream ends without its final (done) message, which
+// a well-behaved server never does.
+var ErrIncompleteStream = errors.New("stream ended without a final message")
+
+// Client calls inference.v1.InferenceService over one gRPC connection, reused by every call.
+// It is safe for concurrent use; create one with New and Close it when done.
+type Client struct {
+	conn           *grpc.ClientConn
+	rpc            pb.InferenceServiceClient
+	requestTimeout time.Duration
+}
+
+// New creates a Client for cfg. It does not wait for the server: the connection is made on the
+// first call and re-made as needed, and an unreachable server shows as IsUnavailable errors.
+//
+// New fails when cfg.Address is empty, or when an API key would travel in plain text to a
+// machine other than this one (set Secure, or use a loopback address).
+//
+// opts are appended to maistro's own dial options, so they can add interceptors or replace the
+// dialer (tests use a bufconn dialer).
+func New(cfg Config, opts ...grpc.DialOption) (*Client, error) {
+	if cfg.Address == "" {
+		return nil, errors.New("maistro: no server address")
+	}
+	if cfg.DialTimeout < 0 || cfg.RequestTimeout < 0 {
+		return nil, errors.New("maistro: timeouts must not be negative")
+	}
+
+	transport := insecure.NewCredentials()
+	if cfg.Secure {
+		// A nil RootCAs verifies against the system's roots; the server name comes from Address.
+		transport = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
+	}
+	dialOpts := []grpc.DialOption{
+		grpc.WithTransportCredentials(transport),
+		grpc.WithKeepaliveParams(keepaliveParams),
+		grpc.WithUserAgent("maistro"),
+	}
+	if cfg.DialTimeout > 0 {
+		dialOpts = append(dialOpts, grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.DefaultConfig,
+			MinConnectTimeout: cfg.DialTimeout,
+		}))
+	}
+	if cfg.APIKey != "" {
+		local := isLoopback(cfg.Address)
+		if !cfg.Secure && !local {
+			return nil, fmt.Errorf("maistro: refusing to send the API key in plain text to %q: "+
+				"set use_secure_connection, or use a loopback address", cfg.Address)
+		}
+		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(apiKey{key: cfg.APIKey, requireTLS: !local}))
+	}
+	dialOpts = append(dialOpts, opts...)
+
+	conn, err := grpc.NewClient(cfg.Address, dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("maistro: %s: %w", cfg.Address, err)
+	}
+	return &Client{conn: conn, rpc: pb.NewInferenceServiceClient(conn), requestTimeout: cfg.RequestTimeout}, nil
+}
+
+// Close closes the connection; calls in flight fail with IsCanceled errors.
+func (c *Client) Close() error {
+	return c.conn.Close()
+}
+
+// Conn returns the client's connection, for gRPC services that this package does not wrap
+// (grpc.health.v1, reflection). Closing it closes the Client.
+func (c *Client) Conn() *grpc.ClientConn {
+	return c.conn
+}
+
+// ChatFunc receives each chunk of a chat reply as it arrives. Returning an error cancels the
+// call, and Chat returns that error unchanged.
+type ChatFunc func(ChatChunk) error
+
+// GenerateFunc receives each chunk of a continuation as it arrives. Returning an error cancels
+// the call, and Generate returns that error unchanged.
+type GenerateFunc func(GenerateChunk) error
+
+// Chat streams the next assistant turn of a conversation, calling fn (which may be nil) with
+// each chunk in order, and returns the whole reply once the server has sent its last chunk.
+//
+// Cancelling ctx cancels the call on the server. Errors from the server are *Error values (see
+// IsNotFound and the other IsX helpers); an error returned by fn is returned unchanged.
+func (c *Client) Chat(ctx context.Context, req *ChatRequest, fn ChatFunc) (*ChatResult, error) {
+	if req == nil {
+		return nil, errors.New("maistro: nil ChatRequest")
+	}
+	var (
+		res  ChatResult
+		text strings.Builder
+	)
+	open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.ChatStreamResponse], error) {
+		return c.rpc.ChatStream(ctx, req.toProto())
+	}
+	err := streamCall(ctx, c, open, func(m *pb.ChatStreamResponse) (bool, error) {
+		chunk := chatChunkFromProto(m)
+		text.WriteString(chunk.Delta)
+		res.Model = chunk.Model
+		if chunk.Done {
+			res.FinishReason, res.Usage, res.Timings = chunk.FinishReason, chunk.Usage, chunk.Timings
+		}
+		if fn != nil {
+			if err := fn(chunk); err != nil {
+				return false, err
+			}
+		}
+		return chunk.Done, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.Text = text.String()
+	return &res, nil
+}
+
+// Generate streams the continuation of a raw prompt, calling fn (which may be nil) with each
+// chunk in order, and returns the whole continuation once the server has sent its last chunk.
+// Cancellation and errors behave as in Chat.
+func (c *Client) Generate(ctx context.Context, req *GenerateRequest, fn GenerateFunc) (*GenerateResult, error) {
+	if req == nil {
+		return nil, errors.New("maistro: nil GenerateRequest")
+	}
+	var (
+		res  GenerateResult
+		text strings.Builder
+	)
+	open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.GenerateStreamResponse], error) {
+		return c.rpc.GenerateStream(ctx, req.toProto())
+	}
+	err := streamCall(ctx, c, open, func(m *pb.GenerateStreamResponse) (bool, error) {
+		chunk := generateChunkFromProto(m)
+		text.WriteString(chunk.Delta)
+		res.Model = chunk.Model
+		if chunk.Done {
+			res.FinishReason, res.Usage, res.Timings = chunk.FinishReason, chunk.Usage, chunk.Timings
+		}
+		if fn != nil {
+			if err := fn(chunk); err != nil {
+				return false, err
+			}
+		}
+		return chunk.Done, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.Text = text.String()
+	return &res, nil
+}
+
+// callContext applies Config.RequestTimeout to a context that has no deadline of its own.
+func (c *Client) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); !ok && c.requestTimeout > 0 {
+		return context.WithTimeout(ctx, c.requestTimeout)
+	}
+	return context.WithCancel(ctx)
+}
+
+// streamCall runs one server-streaming call: open starts it, and each handles every message and
+// says whether it was the final one. An error from each cancels the call (so the server stops
+// generating) and is returned as it is. The stream is read to its end so that a status sent
+// after the final message is not missed.
+func streamCall[R any](ctx context.Context, c *Client,
+	open func(context.Context) (grpc.ServerStreamingClient[R], error),
+	each func(*R) (done bool, err error),
+) error {
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+
+	stream, err := open(ctx)
+	if err != nil {
+		return fromRPC(err)
+	}
+	done := false
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			if !done {
+				return ErrIncompleteStream
+			}
+			return nil
+		}
+		if err != nil {
+			return fromRPC(err)
+		}
+		if done {
+			continue // nothing may follow the final message; ignore it and wait for the status
+		}
+		if done, err = each(msg); err != nil {
+			cancel() // tells the server to stop before we return
+			return err
+		}
+	}
+}

@@ -1,0 +1,300 @@
+//go:build unix
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/inference-platform/maistro/client"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+const (
+	// startupLimit bounds the wait for the adapter (and its embedded Triton) to report SERVING.
+	startupLimit = 180 * time.Second
+	// stopGrace is how long the adapter gets to shut down after SIGTERM before SIGKILL.
+	stopGrace = 20 * time.Second
+	// callLimit bounds each call; the first one may load the model (seconds on CPU).
+	callLimit = 5 * time.Minute
+)
+
+func TestAdapterEndToEnd(t *testing.T) {
+	if os.Getenv("MAISTRO_E2E") != "1" {
+		t.Skip("end-to-end test against the real adapter: set MAISTRO_E2E=1 to run it " +
+			"(needs <repo>/.venv with the adapter's dependencies)")
+	}
+	moduleDir := findModuleDir(t)
+	repo := filepath.Dir(moduleDir)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+
+	a := startAdapter(t, repo, addr)
+	a.waitServing(t, addr)
+
+	c, err := client.New(client.Config{Address: addr, DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("client.New: %v", err)
+	}
+	defer c.Close()
+
+	t.Run("chat streams a reply that ends with a finish reason and usage", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		var chunks []client.ChatChunk
+		res, err := c.Chat(ctx, &client.ChatRequest{
+			Model:    "llm",
+			Messages: []client.Message{{Role: client.RoleUser, Content: "Hello"}},
+			Options:  client.Options{MaxTokens: new(int32(16)), Seed: new(uint64(1))},
+		}, func(ch client.ChatChunk) error {
+			chunks = append(chunks, ch)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("Chat: %v", err)
+		}
+		t.Logf("reply %q in %d chunks: finish_reason=%s usage=%+v timings=%+v",
+			res.Text, len(chunks), res.FinishReason, res.Usage, res.Timings)
+
+		if len(chunks) < 1 {
+			t.Fatal("no chunk reached the callback")
+		}
+		for i, ch := range chunks {
+			if ch.Done != (i == len(chunks)-1) {
+				t.Errorf("chunk %d of %d has Done=%v; only the last may be done", i+1, len(chunks), ch.Done)
+			}
+		}
+		if res.FinishReason != client.FinishReasonStop && res.FinishReason != client.FinishReasonLength {
+			t.Errorf("finish reason %q, want stop or length", res.FinishReason)
+		}
+		if res.Usage.CompletionTokens <= 0 {
+			t.Errorf("usage.completion_tokens = %d, want > 0", res.Usage.CompletionTokens)
+		}
+	})
+
+	t.Run("unknown model is NOT_FOUND", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		_, err := c.Chat(ctx, &client.ChatRequest{
+			Model:    "no-such-model-maistro-e2e",
+			Messages: []client.Message{{Role: client.RoleUser, Content: "Hello"}},
+		}, nil)
+		if !client.IsNotFound(err) {
+			t.Fatalf("Chat with an unknown model: error %v, want IsNotFound", err)
+		}
+		t.Logf("server said: %v", err)
+	})
+
+	t.Run("CLI chat prints a reply", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "go", "run", ".", "chat",
+			"--address", addr, "--max-tokens", "8", "Hello")
+		cmd.Dir = moduleDir
+		// The CLI must reach this adapter whatever the caller's environment says.
+		cmd.Env = append(os.Environ(),
+			client.EnvAddress+"=", client.EnvAPIKey+"=", client.EnvSecure+"=")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("CLI stdout %q, stderr %q", stdout.String(), stderr.String())
+		if err != nil {
+			t.Fatalf("go run . chat: %v", err)
+		}
+		// The CLI ends the reply with a newline of its own; there must be text before it.
+		if strings.TrimSuffix(stdout.String(), "\n") == "" {
+			t.Errorf("stdout %q: no reply text", stdout.String())
+		}
+	})
+}
+
+// adapter is the adapter process under test.
+type adapter struct {
+	cmd     *exec.Cmd
+	output  *lockedBuffer // stdout and stderr, interleaved
+	exited  chan struct{} // closed once the process has been waited for
+	waitErr error         // cmd.Wait's result, valid after exited is closed
+}
+
+// startAdapter runs `<repo>/.venv/bin/python -m adapter` in the repository's root, listening on
+// addr (127.0.0.1:port), and arranges for it to be stopped when the test ends. Its output goes
+// to the test's log if the test fails.
+func startAdapter(t *testing.T, repo, addr string) *adapter {
+	t.Helper()
+	python := filepath.Join(repo, ".venv", "bin", "python")
+	if _, err := os.Stat(python); err != nil {
+		t.Fatalf("adapter interpreter: %v (create the virtualenv at %s/.venv)", err, repo)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+
+	cmd := exec.Command(python, "-m", "adapter")
+	cmd.Dir = repo
+	cmd.Env = append(os.Environ(), // later entries win over inherited ones
+		"GRPC_PORT="+port,
+		"GRPC_HOST=127.0.0.1",
+		"METRICS_PORT=0",
+		"PYTHONUNBUFFERED=1", // so the log is complete if the test fails
+	)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	// Own process group: if the adapter has to be killed, its children (the embedded Triton
+	// and its model stubs) go with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A child that outlives the adapter may hold the output pipes open; don't wait on it forever.
+	cmd.WaitDelay = 5 * time.Second
+
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting the adapter: %v", err)
+	}
+	a := &adapter{cmd: cmd, output: out, exited: make(chan struct{})}
+	go func() {
+		a.waitErr = cmd.Wait()
+		close(a.exited)
+	}()
+	t.Logf("started adapter (pid %d) on %s: %s -m adapter in %s", cmd.Process.Pid, addr, python, repo)
+
+	t.Cleanup(func() {
+		a.stop(t)
+		if t.Failed() {
+			t.Logf("adapter output:\n%s", out.String())
+		}
+	})
+	return a
+}
+
+// waitServing polls grpc.health.v1 Check(service="") until the adapter reports SERVING, and
+// fails the test if the adapter exits first or startupLimit passes.
+func (a *adapter) waitServing(t *testing.T, addr string) {
+	t.Helper()
+	// Short reconnect backoff: the port is closed until the adapter binds it, and gRPC's default
+	// backoff would grow to minutes while we wait.
+	bo := backoff.DefaultConfig
+	bo.MaxDelay = 500 * time.Millisecond
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 2 * time.Second}))
+	if err != nil {
+		t.Fatalf("health connection: %v", err)
+	}
+	defer conn.Close()
+	health := healthpb.NewHealthClient(conn)
+
+	start := time.Now()
+	deadline := time.NewTimer(startupLimit)
+	defer deadline.Stop()
+	poll := time.NewTicker(250 * time.Millisecond)
+	defer poll.Stop()
+	var last string
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: ""})
+		cancel()
+		switch {
+		case err != nil:
+			last = err.Error()
+		case resp.GetStatus() == healthpb.HealthCheckResponse_SERVING:
+			t.Logf("adapter SERVING after %s", time.Since(start).Round(time.Millisecond))
+			return
+		default:
+			last = resp.GetStatus().String()
+		}
+		select {
+		case <-a.exited:
+			t.Fatalf("adapter exited before it was SERVING: %v", a.waitErr)
+		case <-deadline.C:
+			t.Fatalf("adapter not SERVING after %s; last health check: %s", startupLimit, last)
+		case <-poll.C:
+		}
+	}
+}
+
+// stop sends SIGTERM to the adapter and waits for it to exit; after stopGrace it kills the
+// adapter's whole process group. Children left running after the adapter exits are killed too.
+func (a *adapter) stop(t *testing.T) {
+	pid := a.cmd.Process.Pid // also the process group's id (Setpgid)
+	select {
+	case <-a.exited:
+		t.Logf("adapter had already exited: %v", a.waitErr)
+	default:
+		if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			t.Errorf("SIGTERM to the adapter: %v", err)
+		}
+		select {
+		case <-a.exited:
+			if a.waitErr != nil {
+				t.Logf("adapter exit after SIGTERM: %v", a.waitErr)
+			}
+		case <-time.After(stopGrace):
+			t.Errorf("adapter still running %s after SIGTERM; killing its process group", stopGrace)
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			<-a.exited
+		}
+	}
+	// Signal 0 only checks whether any process of the group is left.
+	if syscall.Kill(-pid, 0) == nil {
+		t.Logf("processes of the adapter's group outlived it; killing them")
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
+
+// findModuleDir returns the directory of maistro's go.mod, above the test's working directory.
+func findModuleDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// freePort asks the kernel for a free loopback port. Another process could take it before the
+// adapter binds it; the adapter then fails to start and the test says so.
+func freePort(t *testing.T) int {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	return lis.Addr().(*net.TCPAddr).Port
+}
+
+// lockedBuffer collects a process's output from the goroutines that exec starts.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,24 @@
+// Command maistro is the command line of the inference platform's Go client:
+//
+//	go run main.go chat "Hello"
+//	go run main.go generate "Once upon a time"
+//
+// See internal/cli for the commands and their flags, and client for the library.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/inference-platform/maistro/internal/cli"
+)
+
+func main() {
+	// Ctrl-C or SIGTERM cancels the call in flight, which stops the generation on the server.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

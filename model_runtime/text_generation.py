@@ -1,0 +1,224 @@
+"""Sampling, stop sequences and request parsing for the LLM model, free of Triton.
+
+Sampling is done by our own logits processor with a per-request `torch.Generator`: the global RNG
+that transformers' sampler draws from is shared by every concurrent request of a stub, so a fixed
+seed would not reproduce under load. The processor picks the token and hands `generate` a one-hot
+score row, which greedy decoding then takes as is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+MAX_STOP_SEQUENCES = 16
+VALID_ROLES = ("system", "user", "assistant")
+
+
+class InvalidRequest(ValueError):
+    """A request the model refuses; the message names the field (becomes INVALID_ARG)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _number(raw: dict[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if value is None:
+        return default
+    # bool is an int in Python; "temperature": true is a client bug, not 1.0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"sampling parameter {key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(raw: dict[str, Any], key: str, default: int | None) -> int | None:
+    value = raw.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"sampling parameter {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def parse_sampling_parameters(text: str | None, default_max_tokens: int, max_tokens_limit: int) -> SamplingParams:
+    """Parses and range-checks the `sampling_parameters` JSON of a request."""
+    raw: dict[str, Any] = {}
+    if text:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InvalidRequest(f"sampling_parameters is not valid JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise InvalidRequest("sampling_parameters must be a JSON object")
+    known = set(SamplingParams.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown sampling parameter(s) {unknown}; known: {sorted(known)}")
+
+    max_tokens = _integer(raw, "max_tokens", default_max_tokens)
+    assert max_tokens is not None
+    if max_tokens <= 0 or max_tokens > max_tokens_limit:
+        raise InvalidRequest(f"max_tokens must be in [1, {max_tokens_limit}], got {max_tokens}")
+    temperature = _number(raw, "temperature", 1.0)
+    if temperature < 0:
+        raise InvalidRequest(f"temperature must be >= 0, got {temperature}")
+    top_p = _number(raw, "top_p", 1.0)
+    if not 0 < top_p <= 1:
+        raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}")
+    top_k = _integer(raw, "top_k", 0)
+    assert top_k is not None
+    if top_k < 0:
+        raise InvalidRequest(f"top_k must be >= 0 (0 disables it), got {top_k}")
+    repetition_penalty = _number(raw, "repetition_penalty", 1.0)
+    if repetition_penalty <= 0:
+        raise InvalidRequest(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    penalties = {}
+    for key in ("frequency_penalty", "presence_penalty"):
+        penalties[key] = _number(raw, key, 0.0)
+        if not -2 <= penalties[key] <= 2:
+            raise InvalidRequest(f"{key} must be in [-2, 2], got {penalties[key]}")
+    seed = _integer(raw, "seed", None)
+    if seed is not None and not 0 <= seed < 2**64:
+        raise InvalidRequest(f"seed must be in [0, 2^64), got {seed}")
+    stop = raw.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise InvalidRequest("stop must be a list of non-empty strings")
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stop)}")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        frequency_penalty=penalties["frequency_penalty"],
+        presence_penalty=penalties["presence_penalty"],
+        seed=seed,
+        stop=tuple(stop),
+    )
+
+
+def parse_messages(text: str) -> list[dict[str, str]]:
+    """Parses the `messages` JSON input: a non-empty list of {role, content}."""
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidRequest(f"messages is not valid JSON: {err}") from None
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty JSON list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in VALID_ROLES:
+            raise InvalidRequest(f"messages[{i}].role must be one of {list(VALID_ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise InvalidRequest(f"messages[{i}].content must be a string")
+    return messages
+
+
+class SeededSampler(LogitsProcessor):
+    """Applies penalties, temperature, top-k and top-p, then samples with its own generator."""
+
+    def __init__(self, params: SamplingParams, prompt_length: int, device: torch.device) -> None:
+        self.params = params
+        self.prompt_length = prompt_length
+        self.generator = torch.Generator(device=device)
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed)
+        else:
+            self.generator.seed()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        p = self.params
+        logits = scores.float().clone()
+        if p.repetition_penalty != 1.0:
+            # As in transformers/CTRL: shrink positive logits, grow negative ones, of seen tokens.
+            seen = torch.gather(logits, 1, input_ids)
+            seen = torch.where(seen < 0, seen * p.repetition_penalty, seen / p.repetition_penalty)
+            logits.scatter_(1, input_ids, seen)
+        if p.frequency_penalty or p.presence_penalty:
+            # OpenAI semantics: counted over the generated tokens only.
+            generated = input_ids[:, self.prompt_length :]
+            counts = torch.zeros_like(logits).scatter_add_(1, generated, torch.ones_like(generated, dtype=logits.dtype))
+            logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+        if p.temperature == 0:
+            choice = logits.argmax(dim=-1, keepdim=True)
+        else:
+            logits /= p.temperature
+            if p.top_k > 0 and p.top_k < logits.shape[-1]:
+                kth = torch.topk(logits, p.top_k, dim=-1).values[..., -1:]
+                logits = logits.masked_fill(logits < kth, -math.inf)
+            if p.top_p < 1.0:
+                sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+                cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+                drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= p.top_p  # keeps >= 1 token
+                drop = drop_sorted.scatter(1, order, drop_sorted)
+                logits = logits.masked_fill(drop, -math.inf)
+            choice = torch.multinomial(logits.softmax(dim=-1), 1, generator=self.generator)
+        one_hot = torch.full_like(scores, -math.inf)
+        one_hot.scatter_(1, choice, 0.0)
+        return one_hot
+
+
+class StopOnEvent(StoppingCriteria):
+    """Ends generation at the next token once the event is set (cancel, or a stop sequence met)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class StopSequenceBuffer:
+    """Releases streamed text, holding back only what could still become a stop sequence."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Adds text; returns (text safe to emit, whether a stop sequence was met)."""
+        self.pending += text
+        if not self.stops:
+            emit, self.pending = self.pending, ""
+            return emit, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            emit = self.pending[: min(hits)]
+            self.pending = ""
+            return emit, True
+        hold = 0
+        for k in range(min(len(self.pending), max(len(s) for s in self.stops) - 1), 0, -1):
+            tail = self.pending[-k:]
+            if any(s.startswith(tail) for s in self.stops):
+                hold = k
+                break
+        emit = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(emit) :]
+        return emit, False
+
+    def flush(self) -> str:
+        """The text still held when generation ends without a stop sequence."""
+        rest, self.pending = self.pending, ""
+        return rest
