@@ -1,0 +1,111 @@
+"""Starts the real adapter (`python -m adapter`, embedded Triton) as users run it, for the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_small_models() -> None:
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_small_models.py")], check=True)
+
+
+@dataclass
+class RunningAdapter:
+    process: subprocess.Popen[bytes]
+    address: str
+    triton_grpc_url: str
+    triton_metrics_url: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def child_pids(self) -> set[int]:
+        """tritonserver and its stubs: every descendant of the adapter process."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found: set[int] = set()
+        todo = [self.process.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
+
+def start_adapter(log_path: Path, env: dict[str, str] | None = None, wait_s: float = 240) -> RunningAdapter:
+    port, triton_port, metrics_port = free_port(), free_port(), free_port()
+    full_env = {
+        **os.environ,
+        "GRPC_HOST": "127.0.0.1",
+        "GRPC_PORT": str(port),
+        "EMBEDDED_TRITON_GRPC_PORT": str(triton_port),
+        "EMBEDDED_TRITON_METRICS_PORT": str(metrics_port),
+        **(env or {}),
+    }
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapter"], cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+    adapter = RunningAdapter(
+        process=process,
+        address=f"127.0.0.1:{port}",
+        triton_grpc_url=f"127.0.0.1:{triton_port}",
+        triton_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        log_path=log_path,
+    )
+    wait_until_serving(adapter, wait_s)
+    return adapter
+
+
+def wait_until_serving(adapter: RunningAdapter, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    with grpc.insecure_channel(adapter.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if adapter.process.poll() is not None:
+                raise RuntimeError(f"adapter exited with {adapter.process.returncode}:\n{adapter.log_tail()}")
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    stop_adapter(adapter)
+    raise RuntimeError(f"adapter not serving after {wait_s}s:\n{adapter.log_tail()}")
+
+
+def stop_adapter(adapter: RunningAdapter, timeout_s: float = 40) -> int:
+    if adapter.process.poll() is None:
+        adapter.process.send_signal(signal.SIGTERM)
+        try:
+            adapter.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            adapter.process.kill()
+            adapter.process.wait()
+    return adapter.process.returncode
