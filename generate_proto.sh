@@ -16,9 +16,13 @@ TOOLS_BIN="$PWD/.tools/bin"
 # package ("from inference.v1 import ..."), which we point at the adapter's package.
 rm -rf adapter/gen
 mkdir -p adapter/gen
+# Type stubs come from mypy-protobuf (messages and the gRPC stubs), so `mypy --strict` sees types.
 "$PY" -m grpc_tools.protoc -I proto \
-  --python_out=adapter/gen --pyi_out=adapter/gen --grpc_python_out=adapter/gen \
-  inference/v1/inference.proto
+  --plugin=protoc-gen-mypy="$VENV/bin/protoc-gen-mypy" \
+  --plugin=protoc-gen-mypy_grpc="$VENV/bin/protoc-gen-mypy_grpc" \
+  --python_out=adapter/gen --grpc_python_out=adapter/gen \
+  --mypy_out=adapter/gen --mypy_grpc_out=adapter/gen \
+  inference/v1/inference.proto >/dev/null
 sed -i 's/^from inference\.v1 import/from adapter.gen.inference.v1 import/' \
   adapter/gen/inference/v1/*.py adapter/gen/inference/v1/*.pyi
 for d in adapter/gen adapter/gen/inference adapter/gen/inference/v1; do
@@ -38,7 +42,7 @@ mkdir -p maistro/grpc/inference
   --plugin=protoc-gen-go-grpc="$TOOLS_BIN/protoc-gen-go-grpc" \
   --go_out=maistro/grpc/inference --go_opt=paths=source_relative \
   --go-grpc_out=maistro/grpc/inference --go-grpc_opt=paths=source_relative \
-  inference/v1/inference.proto
+  inference/v1/inference.proto >/dev/null
 # paths=source_relative keeps the proto's directories; flatten them into the Go package folder.
 mv maistro/grpc/inference/inference/v1/*.go maistro/grpc/inference/
 rm -rf maistro/grpc/inference/inference

@@ -207,7 +207,7 @@ class EmbeddedTriton:
                 process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), self.options.exit_timeout_s + 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("tritonserver did not exit after SIGTERM; killing its process group")
         if process is not None:
             # Stubs are in the server's process group; none may outlive it.

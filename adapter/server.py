@@ -15,8 +15,8 @@ from adapter.config import Settings
 from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
-from adapter.services.text_generation import TextGenerationService
 from adapter.servicer import InferenceServicer
+from adapter.services.text_generation import TextGenerationService
 from adapter.triton_gateway import TritonGateway
 
 log = logging.getLogger(__name__)

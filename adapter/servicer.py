@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import NoReturn
 
 import grpc
 
@@ -13,8 +13,11 @@ from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
 from adapter.services.text_generation import TextGenerationService
 
 
-async def _not_yet(context: grpc.aio.ServicerContext, rpc: str) -> Any:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is part of the API but not implemented by this server yet")
+async def _not_yet(context: grpc.aio.ServicerContext, rpc: str) -> NoReturn:
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is part of the API but not implemented by this server yet"
+    )
+    raise AssertionError("unreachable: abort raises")
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):

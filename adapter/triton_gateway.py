@@ -85,10 +85,7 @@ class TritonGateway:
             index = await self._client.get_model_repository_index(as_json=True)
         except (InferenceServerException, OSError) as err:
             raise errors.from_triton(err, "reading the model repository") from err
-        return {
-            entry["name"]: (entry.get("state", ""), entry.get("reason", ""))
-            for entry in index.get("models", [])
-        }
+        return {entry["name"]: (entry.get("state", ""), entry.get("reason", "")) for entry in index.get("models", [])}
 
     async def ensure_loaded(self, model: str) -> float:
         """Loads the model if Triton does not serve it yet; returns the seconds this call waited.

@@ -14,7 +14,7 @@ MAX_STOP_SEQUENCES = 16
 
 def require_model(model: str) -> str:
     if not model.strip():
-        raise InvalidArgument("model is required (for example \"llm\")")
+        raise InvalidArgument('model is required (for example "llm")')
     return model
 
 
@@ -80,7 +80,9 @@ def sampling_parameters(options: pb.GenerationOptions, max_tokens_limit: int | N
         out["seed"] = options.seed
     if options.stop:
         if len(options.stop) > MAX_STOP_SEQUENCES:
-            raise InvalidArgument(f"options.stop allows at most {MAX_STOP_SEQUENCES} sequences; got {len(options.stop)}")
+            raise InvalidArgument(
+                f"options.stop allows at most {MAX_STOP_SEQUENCES} sequences; got {len(options.stop)}"
+            )
         if any(not s for s in options.stop):
             raise InvalidArgument("options.stop must not contain empty strings")
         out["stop"] = list(options.stop)

@@ -102,7 +102,7 @@ func TestAdapterEndToEnd(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "go", "run", ".", "chat",
-			"--address", addr, "--max-tokens", "8", "Hello")
+			"--address", addr, "--max-tokens", "8", "--seed", "1", "Hello")
 		cmd.Dir = moduleDir
 		// The CLI must reach this adapter whatever the caller's environment says.
 		cmd.Env = append(os.Environ(),
@@ -145,7 +145,6 @@ func startAdapter(t *testing.T, repo, addr string) *adapter {
 	cmd.Env = append(os.Environ(), // later entries win over inherited ones
 		"GRPC_PORT="+port,
 		"GRPC_HOST=127.0.0.1",
-		"METRICS_PORT=0",
 		"PYTHONUNBUFFERED=1", // so the log is complete if the test fails
 	)
 	out := &lockedBuffer{}

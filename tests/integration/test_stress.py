@@ -75,7 +75,15 @@ async def test_concurrent_and_cancelled_streams_leave_triton_alive(adapter: Runn
         assert metric_total(metrics, "llm_generation_requests_total", finish_reason="error") == 0
 
         # And it still serves.
-        final = [r async for r in stub.ChatStream(
-            pb.ChatStreamRequest(model="llm", messages=[pb.ChatMessage(role="user", content="still there?")],
-                                 options=pb.GenerationOptions(max_tokens=4)), timeout=60)]
+        final = [
+            r
+            async for r in stub.ChatStream(
+                pb.ChatStreamRequest(
+                    model="llm",
+                    messages=[pb.ChatMessage(role="user", content="still there?")],
+                    options=pb.GenerationOptions(max_tokens=4),
+                ),
+                timeout=60,
+            )
+        ]
         assert final[-1].done

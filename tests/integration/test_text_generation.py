@@ -121,33 +121,26 @@ def test_deadline_reaches_the_model_as_a_cancel(stub: pb_grpc.InferenceServiceSt
     assert metric_total(metrics, "llm_generation_requests_total", finish_reason="cancelled") == cancelled_before + 1
 
 
+def _hello(**options: object) -> pb.ChatStreamRequest:
+    return pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(**options))
+
+
 INVALID_CHATS = [
     ("model", pb.ChatStreamRequest(model="", messages=HELLO)),
     ("messages", pb.ChatStreamRequest(model="llm")),
     ("messages[0].role", pb.ChatStreamRequest(model="llm", messages=[pb.ChatMessage(role="robot", content="hi")])),
     ("messages", pb.ChatStreamRequest(model="llm", messages=[pb.ChatMessage(role="user", content="")])),
-    ("options.max_tokens", pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(max_tokens=0))),
-    ("options.max_tokens", pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(max_tokens=-3))),
-    (
-        "options.max_tokens",
-        pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(max_tokens=1_000_000)),
-    ),
-    (
-        "options.temperature",
-        pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(temperature=-0.1)),
-    ),
-    ("options.top_p", pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(top_p=0))),
-    ("options.top_p", pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(top_p=1.5))),
-    ("options.top_k", pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(top_k=-1))),
-    (
-        "options.repetition_penalty",
-        pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(repetition_penalty=0)),
-    ),
-    (
-        "options.presence_penalty",
-        pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(presence_penalty=3)),
-    ),
-    ("options.stop", pb.ChatStreamRequest(model="llm", messages=HELLO, options=pb.GenerationOptions(stop=[""]))),
+    ("options.max_tokens", _hello(max_tokens=0)),
+    ("options.max_tokens", _hello(max_tokens=-3)),
+    ("options.max_tokens", _hello(max_tokens=1_000_000)),
+    ("options.temperature", _hello(temperature=-0.1)),
+    ("options.top_p", _hello(top_p=0)),
+    ("options.top_p", _hello(top_p=1.5)),
+    ("options.top_k", _hello(top_k=-1)),
+    ("options.repetition_penalty", _hello(repetition_penalty=0)),
+    ("options.presence_penalty", _hello(presence_penalty=3)),
+    ("options.frequency_penalty", _hello(frequency_penalty=-2.5)),
+    ("options.stop", _hello(stop=[""])),
 ]
 
 
@@ -170,9 +163,7 @@ def test_empty_prompt_is_invalid(stub: pb_grpc.InferenceServiceStub) -> None:
 
 def test_prompt_longer_than_the_context_is_invalid(stub: pb_grpc.InferenceServiceStub) -> None:
     # The model checks prompt + max_tokens against its context window and says so.
-    request = pb.GenerateStreamRequest(
-        model="llm", prompt="word " * 9000, options=pb.GenerationOptions(max_tokens=10)
-    )
+    request = pb.GenerateStreamRequest(model="llm", prompt="word " * 9000, options=pb.GenerationOptions(max_tokens=10))
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.GenerateStream(request, timeout=60))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -7,9 +7,7 @@ the generation threads: Triton 2.51 crashes when several threads of one stub cal
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -118,7 +116,9 @@ class TritonPythonModel:
             await self._generate_and_send(request, sender, prompt_ids, params, stream)
         except Exception as err:  # noqa: BLE001 - any failure must still end the request
             self.finished["error"].increment(1)
-            error = pb_utils.TritonError(f"generation failed: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL)
+            error = pb_utils.TritonError(
+                f"generation failed: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL
+            )
             sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
         finally:
             self.active.increment(-1)
@@ -156,9 +156,7 @@ class TritonPythonModel:
         streamer = AsyncTextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop_event = threading.Event()  # asks the generation thread to stop at its next token
         cancelled = asyncio.Event()
-        generation = loop.run_in_executor(
-            self.executor, self._generate, prompt_ids, params, streamer, stop_event
-        )
+        generation = loop.run_in_executor(self.executor, self._generate, prompt_ids, params, streamer, stop_event)
         watcher = loop.create_task(self._watch_cancellation(request, generation, stop_event, cancelled))
         stops = StopSequenceBuffer(params.stop)
         collected: list[str] = []

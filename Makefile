@@ -1,0 +1,57 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv models proto check-proto lint run test test-python test-go bench clean
+
+help:
+	@echo "make run    - build everything needed, then serve the adapter (embedded Triton) on :50051"
+	@echo "make test   - build everything needed, then run every test (Python and Go)"
+	@echo "make lint   - ruff, mypy, buf lint, gofmt, go vet"
+	@echo "make proto  - regenerate Python and Go code from proto/"
+
+# The virtualenv with pinned dependencies (torch is the large part: ~3 GB with its CUDA packages).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Small random-weight models built locally (no model hub is reachable); cached, rebuilt when stale.
+models: venv
+	$(PY) scripts/build_small_models.py
+
+proto: venv
+	./generate_proto.sh
+
+# Generated code is committed: fail when it differs from what the proto generates now.
+check-proto: proto
+	@git diff --exit-code -- adapter/gen maistro/grpc || { echo "generated code is stale: run make proto and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- adapter/gen maistro/grpc)" || { git status --short -- adapter/gen maistro/grpc; echo "untracked generated files: run make proto and commit"; exit 1; }
+
+lint: venv
+	$(VENV)/bin/ruff check adapter model_runtime model_repository scripts tests
+	$(VENV)/bin/mypy adapter
+	$(VENV)/bin/buf lint
+	@test -z "$$(cd maistro && gofmt -l $$(find . -name '*.go' -not -path './grpc/*'))" || { (cd maistro && gofmt -l .); echo "gofmt needed"; exit 1; }
+	cd maistro && go vet ./...
+
+run: models
+	$(PY) -m adapter
+
+test-go: models
+	cd maistro && MAISTRO_E2E=1 go test -count=1 ./...
+
+test-python: models
+	$(PY) -m pytest
+
+# Go first, Python last: one summary line closes the run.
+test: test-go test-python
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
