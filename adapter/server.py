@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -65,7 +66,10 @@ class Adapter:
         self.gateway = TritonGateway(triton_url, s.model_load_timeout_s)
         await self._preload(self.gateway)
 
-        self.server = grpc.aio.server(options=server_options(s))
+        # The pool runs any synchronous handler work off the event loop (GRPC_MAX_WORKERS threads).
+        self.server = grpc.aio.server(
+            futures.ThreadPoolExecutor(max_workers=s.grpc_max_workers), options=server_options(s)
+        )
         pb_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(TextGenerationService(self.gateway)), self.server
         )
