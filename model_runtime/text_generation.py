@@ -43,9 +43,15 @@ def _number(raw: dict[str, Any], key: str, default: float) -> float:
     if value is None:
         return default
     # bool is an int in Python; "temperature": true is a client bug, not 1.0.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest(f"sampling parameter {key!r} must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)  # a JSON integer may be too large for a float
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidRequest(f"sampling parameter {key!r} must be a finite number, got {str(value)[:40]}")
+    return number
 
 
 def _integer(raw: dict[str, Any], key: str, default: int | None) -> int | None:
@@ -97,7 +103,9 @@ def parse_sampling_parameters(text: str | None, default_max_tokens: int, max_tok
     seed = _integer(raw, "seed", None)
     if seed is not None and not 0 <= seed < 2**64:
         raise InvalidRequest(f"seed must be in [0, 2^64), got {seed}")
-    stop = raw.get("stop") or []
+    stop = raw.get("stop")
+    if stop is None:
+        stop = []
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
@@ -164,7 +172,9 @@ class SeededSampler(LogitsProcessor):
         if p.temperature == 0:
             choice = logits.argmax(dim=-1, keepdim=True)
         else:
-            logits /= p.temperature
+            # Shift so the best logit is 0 before scaling: a tiny temperature then sends the others
+            # to -inf (greedy) instead of overflowing everything to inf and softmax to NaN.
+            logits = (logits - logits.max(dim=-1, keepdim=True).values) / p.temperature
             if p.top_k > 0 and p.top_k < logits.shape[-1]:
                 kth = torch.topk(logits, p.top_k, dim=-1).values[..., -1:]
                 logits = logits.masked_fill(logits < kth, -math.inf)

@@ -1,0 +1,216 @@
+"""Checks of public requests: each bad field is refused as INVALID_ARGUMENT, naming the field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grpc
+import pytest
+
+from adapter import validation
+from adapter.errors import InvalidArgument
+from adapter.gen.inference.v1 import inference_pb2 as pb
+
+
+def options(**fields: Any) -> pb.GenerationOptions:
+    return pb.GenerationOptions(**fields)
+
+
+# --- model, prompt, messages ----------------------------------------------------------------
+
+
+def test_model_name_is_returned_when_given() -> None:
+    assert validation.require_model("llm") == "llm"
+
+
+@pytest.mark.parametrize("model", ["", "   ", "\t\n"])
+def test_missing_model_is_invalid_argument(model: str) -> None:
+    with pytest.raises(InvalidArgument, match="model is required") as raised:
+        validation.require_model(model)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_prompt_is_returned_unchanged() -> None:
+    assert validation.prompt_text("  Once upon a time ") == "  Once upon a time "
+
+
+def test_empty_prompt_is_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument, match="prompt"):
+        validation.prompt_text("")
+
+
+def test_chat_messages_become_role_content_dicts() -> None:
+    messages = [
+        pb.ChatMessage(role="system", content="be brief"),
+        pb.ChatMessage(role="user", content="hi"),
+        pb.ChatMessage(role="assistant", content=""),
+    ]
+    assert validation.chat_messages(messages) == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": ""},
+    ]
+
+
+def test_chat_messages_of_a_real_request_are_accepted() -> None:
+    request = pb.ChatStreamRequest(model="llm", messages=[pb.ChatMessage(role="user", content="hi")])
+    assert validation.chat_messages(request.messages) == [{"role": "user", "content": "hi"}]
+
+
+def test_no_messages_is_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument, match="messages must not be empty"):
+        validation.chat_messages(pb.ChatStreamRequest(model="llm").messages)
+
+
+@pytest.mark.parametrize("role", ["tool", "USER", "", "function"])
+def test_unknown_role_is_invalid_argument_naming_the_message(role: str) -> None:
+    messages = [pb.ChatMessage(role="user", content="hi"), pb.ChatMessage(role=role, content="x")]
+    with pytest.raises(InvalidArgument, match=r"messages\[1\]\.role"):
+        validation.chat_messages(messages)
+
+
+def test_messages_that_are_all_blank_are_invalid_argument() -> None:
+    messages = [pb.ChatMessage(role="system", content=" "), pb.ChatMessage(role="user", content="\n")]
+    with pytest.raises(InvalidArgument, match="messages must contain some text"):
+        validation.chat_messages(messages)
+
+
+def test_one_message_with_text_is_enough() -> None:
+    messages = [pb.ChatMessage(role="system", content=""), pb.ChatMessage(role="user", content="hi")]
+    assert len(validation.chat_messages(messages)) == 2
+
+
+# --- sampling options ------------------------------------------------------------------------
+
+
+def test_unset_options_give_an_empty_sampling_dict() -> None:
+    assert validation.sampling_parameters(options(), None) == {}
+    assert validation.sampling_parameters(options(), 10) == {}
+
+
+def test_set_options_become_the_sampling_dict() -> None:
+    sampling = validation.sampling_parameters(
+        options(
+            max_tokens=12,
+            temperature=0.5,
+            top_p=0.25,
+            top_k=40,
+            repetition_penalty=1.5,
+            frequency_penalty=-1.0,
+            presence_penalty=2.0,
+            seed=2**64 - 1,
+            stop=["\n", "END"],
+        ),
+        64,
+    )
+    assert sampling == {
+        "max_tokens": 12,
+        "temperature": 0.5,
+        "top_p": 0.25,
+        "top_k": 40,
+        "repetition_penalty": 1.5,
+        "frequency_penalty": -1.0,
+        "presence_penalty": 2.0,
+        "seed": 2**64 - 1,
+        "stop": ["\n", "END"],
+    }
+
+
+def test_only_set_options_are_passed_on() -> None:
+    assert validation.sampling_parameters(options(top_k=5, seed=9), None) == {"top_k": 5, "seed": 9}
+
+
+def test_options_explicitly_set_to_zero_are_passed_on() -> None:
+    # proto3 `optional`: a set zero (greedy, no top-k, seed 0) differs from unset.
+    sampling = validation.sampling_parameters(
+        options(temperature=0.0, top_k=0, seed=0, frequency_penalty=0.0, presence_penalty=0.0), None
+    )
+    assert sampling == {"temperature": 0.0, "top_k": 0, "seed": 0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
+
+
+def test_stop_list_is_passed_as_a_plain_list() -> None:
+    sampling = validation.sampling_parameters(options(stop=["###"]), None)
+    assert sampling["stop"] == ["###"]
+    assert type(sampling["stop"]) is list
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", 0),
+        ("max_tokens", -5),
+        ("temperature", -0.5),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("top_p", -0.5),
+        ("top_k", -1),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", -1.0),
+        ("frequency_penalty", 2.5),
+        ("frequency_penalty", -2.5),
+        ("presence_penalty", 3.0),
+        ("presence_penalty", -2.25),
+    ],
+)
+def test_out_of_range_option_is_invalid_argument_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(InvalidArgument, match=f"options.{field}"):
+        validation.sampling_parameters(options(**{field: value}), None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", 0.0), ("top_p", 1.0), ("frequency_penalty", 2.0), ("frequency_penalty", -2.0), ("top_k", 0)],
+)
+def test_option_at_the_edge_of_its_range_is_accepted(field: str, value: float) -> None:
+    assert validation.sampling_parameters(options(**{field: value}), None) == {field: value}
+
+
+@pytest.mark.parametrize(
+    "field", ["temperature", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty"]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_option_is_invalid_argument_naming_the_field(field: str, value: float) -> None:
+    with pytest.raises(InvalidArgument, match=f"options.{field} must be a finite number"):
+        validation.sampling_parameters(options(**{field: value}), None)
+
+
+def test_nan_temperature_is_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="options.temperature"):
+        validation.sampling_parameters(options(temperature=math.nan), None)
+
+
+def test_max_tokens_above_the_model_limit_is_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument, match="options.max_tokens must be at most 64"):
+        validation.sampling_parameters(options(max_tokens=65), 64)
+
+
+def test_max_tokens_at_the_model_limit_is_accepted() -> None:
+    assert validation.sampling_parameters(options(max_tokens=64), 64) == {"max_tokens": 64}
+
+
+def test_max_tokens_is_not_capped_without_a_limit() -> None:
+    assert validation.sampling_parameters(options(max_tokens=2**31 - 1), None) == {"max_tokens": 2**31 - 1}
+
+
+def test_non_positive_max_tokens_is_refused_even_without_a_limit() -> None:
+    with pytest.raises(InvalidArgument, match="options.max_tokens must be > 0"):
+        validation.sampling_parameters(options(max_tokens=0), None)
+
+
+def test_empty_stop_sequence_is_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument, match="options.stop"):
+        validation.sampling_parameters(options(stop=["ok", ""]), None)
+
+
+def test_too_many_stop_sequences_are_invalid_argument() -> None:
+    allowed = [f"s{i}" for i in range(validation.MAX_STOP_SEQUENCES)]
+    assert validation.sampling_parameters(options(stop=allowed), None) == {"stop": allowed}
+    with pytest.raises(InvalidArgument, match="options.stop"):
+        validation.sampling_parameters(options(stop=[*allowed, "one more"]), None)
+
+
+def test_options_of_a_real_generate_request_are_checked() -> None:
+    request = pb.GenerateStreamRequest(model="llm", prompt="hi", options=options(top_p=2.0))
+    with pytest.raises(InvalidArgument, match="options.top_p"):
+        validation.sampling_parameters(request.options, None)
