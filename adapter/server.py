@@ -17,6 +17,7 @@ from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
 from adapter.servicer import InferenceServicer
+from adapter.services.embedding import EmbeddingService
 from adapter.services.text_generation import TextGenerationService
 from adapter.triton_gateway import TritonGateway
 
@@ -71,7 +72,7 @@ class Adapter:
             futures.ThreadPoolExecutor(max_workers=s.grpc_max_workers), options=server_options(s)
         )
         pb_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(TextGenerationService(self.gateway)), self.server
+            InferenceServicer(TextGenerationService(self.gateway), EmbeddingService(self.gateway, s)), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if s.grpc_enable_reflection:

@@ -7,9 +7,10 @@ from typing import NoReturn
 
 import grpc
 
-from adapter.errors import map_stream_errors
+from adapter.errors import map_errors, map_stream_errors
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
+from adapter.services.embedding import EmbeddingService
 from adapter.services.text_generation import TextGenerationService
 
 
@@ -21,8 +22,9 @@ async def _not_yet(context: grpc.aio.ServicerContext, rpc: str) -> NoReturn:
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, text: TextGenerationService) -> None:
+    def __init__(self, text: TextGenerationService, embedding: EmbeddingService) -> None:
         self._text = text
+        self._embedding = embedding
 
     @map_stream_errors
     async def ChatStream(  # noqa: N802 - gRPC method name
@@ -38,10 +40,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         async for response in self._text.generate(request):
             yield response
 
+    @map_errors
     async def GetEmbedding(  # noqa: N802
         self, request: pb.GetEmbeddingRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEmbeddingResponse:
-        return await _not_yet(context, "GetEmbedding")
+        return await self._embedding.embed(request)
 
     async def GenerateImage(  # noqa: N802
         self, request: pb.GenerateImageRequest, context: grpc.aio.ServicerContext

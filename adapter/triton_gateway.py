@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -43,9 +44,19 @@ class TextChunk:
     completion_tokens: int = 0
 
 
+@dataclass(frozen=True)
+class EmbeddingRows:
+    """The embedding model's answer for a list of texts, row i for text i."""
+
+    vectors: npt.NDArray[np.float32]  # [n, dimension]
+    token_counts: npt.NDArray[np.int32]  # [n]
+    truncated: npt.NDArray[np.bool_]  # [n]
+
+
 @dataclass
 class _ModelInfo:
     parameters: dict[str, str] = field(default_factory=dict)
+    max_batch_size: int = 0
 
 
 def _bytes_input(name: str, value: str) -> triton_grpc.InferInput:
@@ -130,13 +141,50 @@ class TritonGateway:
             config = await self._client.get_model_config(model, as_json=True)
         except InferenceServerException as err:
             raise errors.from_triton(err, f"reading the config of {model!r}") from err
-        raw = config.get("config", {}).get("parameters", {})
-        return _ModelInfo(parameters={key: value.get("string_value", "") for key, value in raw.items()})
+        body = config.get("config", {})
+        raw = body.get("parameters", {})
+        return _ModelInfo(
+            parameters={key: value.get("string_value", "") for key, value in raw.items()},
+            max_batch_size=int(body.get("max_batch_size", 0) or 0),
+        )
 
     def model_parameter(self, model: str, key: str) -> str | None:
         """A `parameters` entry of a loaded model's config.pbtxt."""
         info = self._model_info.get(model)
         return info.parameters.get(key) if info else None
+
+    async def embed(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:
+        """Embeds texts in order, in requests of at most the model's max_batch_size, sent at once
+        so Triton's dynamic batcher can run them together."""
+        info = self._model_info.get(model)
+        step = info.max_batch_size if info and info.max_batch_size > 0 else len(texts)
+        parts = await asyncio.gather(
+            *(self._embed_part(model, texts[i : i + step], normalize) for i in range(0, len(texts), step))
+        )
+        return EmbeddingRows(
+            vectors=np.concatenate([p.vectors for p in parts]),
+            token_counts=np.concatenate([p.token_counts for p in parts]),
+            truncated=np.concatenate([p.truncated for p in parts]),
+        )
+
+    async def _embed_part(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:
+        text_input = triton_grpc.InferInput("text_input", [len(texts), 1], "BYTES")
+        text_input.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1))
+        flags = triton_grpc.InferInput("normalize", [len(texts), 1], "BOOL")
+        flags.set_data_from_numpy(np.full((len(texts), 1), normalize, dtype=bool))
+        try:
+            result = await self._client.infer(model, [text_input, flags])
+        except InferenceServerException as err:
+            if errors.triton_status(err) == errors.Code.NOT_FOUND:
+                self.forget(model)
+                raise errors.Unavailable(f"model {model!r} was unloaded while the request started; retry it") from err
+            raise errors.from_triton(err, f"embedding with {model!r}") from err
+        vectors = result.as_numpy("embedding")
+        counts = result.as_numpy("token_count")
+        truncated = result.as_numpy("truncated")
+        if vectors is None or counts is None or truncated is None:
+            raise errors.Internal(f"model {model!r} did not return embedding, token_count and truncated")
+        return EmbeddingRows(vectors=vectors, token_counts=counts.reshape(-1), truncated=truncated.reshape(-1))
 
     def forget(self, model: str) -> None:
         """Marks a model as not loaded (Triton told us it is gone)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from adapter.errors import InvalidArgument
@@ -87,3 +88,22 @@ def sampling_parameters(options: pb.GenerationOptions, max_tokens_limit: int | N
             raise InvalidArgument("options.stop must not contain empty strings")
         out["stop"] = list(options.stop)
     return out
+
+
+def embedding_inputs(inputs: Sequence[str], max_inputs: int, max_total_chars: int) -> list[str]:
+    if not inputs:
+        raise InvalidArgument("inputs must contain at least one string")
+    if len(inputs) > max_inputs:
+        raise InvalidArgument(
+            f"inputs has {len(inputs)} strings; the limit is {max_inputs} per request (EMBEDDING_MAX_INPUTS)"
+        )
+    total = 0
+    for i, text in enumerate(inputs):
+        if not text.strip():
+            raise InvalidArgument(f"inputs[{i}] is empty")
+        total += len(text)
+    if total > max_total_chars:
+        raise InvalidArgument(
+            f"inputs hold {total} characters; the limit is {max_total_chars} per request (EMBEDDING_MAX_TOTAL_CHARS)"
+        )
+    return list(inputs)

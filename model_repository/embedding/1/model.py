@@ -1,0 +1,106 @@
+"""Triton python-backend model: sentence embeddings, batched by Triton's dynamic batcher.
+
+One `execute` call receives every request the batcher grouped; their texts run as one padded
+forward pass and the rows are handed back to each request in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from transformers import AutoModel, AutoTokenizer
+
+from model_runtime.embeddings import POOLING_MODES, model_max_length, normalize_rows, pool
+from model_runtime.model_config import ModelParameters, pick_device, process_memory_bytes
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        params = ModelParameters(args["model_config"])
+        model_id = params.string("model_id", "", env="EMBEDDING_MODEL_ID")
+        if not model_id:
+            raise ValueError("no weights configured: set parameter model_id or EMBEDDING_MODEL_ID")
+        self.pooling = params.string("pooling", "mean")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"parameter pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        self.device = pick_device()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_id)
+        self.model = AutoModel.from_pretrained(model_id).to(self.device).eval()
+        self.max_length = model_max_length(
+            model_id, self.tokenizer, self.model.config, params.integer("max_length", 0, minimum=0)
+        )
+        # Families must outlive their metrics: keep them on self.
+        self.memory_family = pb_utils.MetricFamily(
+            name="model_memory_bytes",
+            description="Memory held by the model's process (CUDA reserved, or resident on CPU)",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.memory_family.Metric(labels={"model": args["model_name"]}).set(process_memory_bytes())
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        texts: list[str] = []
+        flags: list[bool] = []
+        spans: list[tuple[int, int] | pb_utils.TritonError] = []
+        for request in requests:
+            try:
+                batch = [
+                    self._decode(v)
+                    for v in pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)
+                ]
+                normalize = pb_utils.get_input_tensor_by_name(request, "normalize")
+                wanted = (
+                    normalize.as_numpy().reshape(-1).astype(bool)
+                    if normalize is not None
+                    else np.zeros(len(batch), bool)
+                )
+                if len(wanted) != len(batch):
+                    raise ValueError(f"normalize has {len(wanted)} values for {len(batch)} texts")
+            except (UnicodeDecodeError, ValueError) as err:
+                spans.append(pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG))
+                continue
+            spans.append((len(texts), len(texts) + len(batch)))
+            texts.extend(batch)
+            flags.extend(bool(f) for f in wanted)
+
+        if texts:
+            vectors, token_counts, truncated = self._embed(texts, flags)
+        responses = []
+        for span in spans:
+            if isinstance(span, pb_utils.TritonError):
+                responses.append(pb_utils.InferenceResponse(error=span))
+                continue
+            start, end = span
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("embedding", vectors[start:end]),
+                        pb_utils.Tensor("token_count", token_counts[start:end].reshape(-1, 1)),
+                        pb_utils.Tensor("truncated", truncated[start:end].reshape(-1, 1)),
+                    ]
+                )
+            )
+        return responses
+
+    @staticmethod
+    def _decode(value: Any) -> str:
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def _embed(self, texts: list[str], flags: list[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        # A fast tokenizer keeps what truncation cut off: that is how we know an input was cut.
+        truncated = np.array([bool(e.overflowing) for e in encoded.encodings], dtype=bool)
+        token_counts = encoded["attention_mask"].sum(dim=1).to(torch.int32).numpy()
+        with torch.inference_mode():
+            encoded = encoded.to(self.device)
+            hidden = self.model(**encoded).last_hidden_state
+            vectors = pool(hidden, encoded["attention_mask"], self.pooling)
+            vectors = normalize_rows(vectors, torch.tensor(flags, device=self.device))
+        return vectors.float().cpu().numpy(), token_counts, truncated
+
+    def finalize(self) -> None:
+        del self.model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
