@@ -2,6 +2,7 @@
 //
 //	go run main.go chat "Hello"
 //	go run main.go generate "Once upon a time"
+//	go run main.go embed "a cat sits on the mat" "a kitten rests on the rug"
 //
 // See internal/cli for the commands and their flags, and client for the library.
 package main

@@ -29,6 +29,11 @@ var keepaliveParams = keepalive.ClientParameters{
 // a well-behaved server never does.
 var ErrIncompleteStream = errors.New("stream ended without a final message")
 
+// ErrBadResponse is returned (wrapped, with the details) when a response breaks the API's
+// contract, for example an embedding count that differs from the input count, which a
+// well-behaved server never sends. Test for it with errors.Is.
+var ErrBadResponse = errors.New("response breaks the API's contract")
+
 // Client calls inference.v1.InferenceService over one gRPC connection, reused by every call.
 // It is safe for concurrent use; create one with New and Close it when done.
 type Client struct {
@@ -175,6 +180,46 @@ func (c *Client) Generate(ctx context.Context, req *GenerateRequest, fn Generate
 	}
 	res.Text = text.String()
 	return &res, nil
+}
+
+// Embed returns one vector per input of req, in input order, in a single unary call.
+//
+// Config.RequestTimeout applies as in Chat, and so do cancellation and errors: an empty
+// req.Inputs or a bad field is IsInvalidArgument, an unknown model IsNotFound. A response whose
+// embeddings do not match the inputs one for one (count, Index, or a vector length other than
+// Dimension) is an error wrapping ErrBadResponse.
+func (c *Client) Embed(ctx context.Context, req *EmbedRequest) (*EmbedResult, error) {
+	if req == nil {
+		return nil, errors.New("maistro: nil EmbedRequest")
+	}
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	resp, err := c.rpc.GetEmbedding(ctx, req.toProto())
+	if err != nil {
+		return nil, fromRPC(err)
+	}
+	res := embedResultFromProto(resp)
+	if err := res.check(len(req.Inputs)); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// check verifies that r answers a request of n inputs as the API promises.
+func (r *EmbedResult) check(n int) error {
+	if len(r.Embeddings) != n {
+		return fmt.Errorf("maistro: %w: %d embeddings for %d inputs", ErrBadResponse, len(r.Embeddings), n)
+	}
+	for i, e := range r.Embeddings {
+		if e.Index != i {
+			return fmt.Errorf("maistro: %w: embedding %d has index %d", ErrBadResponse, i, e.Index)
+		}
+		if len(e.Vector) != r.Dimension {
+			return fmt.Errorf("maistro: %w: embedding %d has %d values, dimension is %d",
+				ErrBadResponse, i, len(e.Vector), r.Dimension)
+		}
+	}
+	return nil
 }
 
 // callContext applies Config.RequestTimeout to a context that has no deadline of its own.

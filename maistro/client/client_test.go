@@ -23,11 +23,12 @@ import (
 // waitLimit bounds every wait for something the server should observe; tests never sleep.
 const waitLimit = 5 * time.Second
 
-// fakeServer is an in-process InferenceService whose streaming handlers each test supplies.
+// fakeServer is an in-process InferenceService whose handlers each test supplies.
 type fakeServer struct {
 	pb.UnimplementedInferenceServiceServer
 	chat     func(*pb.ChatStreamRequest, grpc.ServerStreamingServer[pb.ChatStreamResponse]) error
 	generate func(*pb.GenerateStreamRequest, grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error
+	embed    func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error)
 }
 
 func (f *fakeServer) ChatStream(req *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
@@ -36,6 +37,10 @@ func (f *fakeServer) ChatStream(req *pb.ChatStreamRequest, s grpc.ServerStreamin
 
 func (f *fakeServer) GenerateStream(req *pb.GenerateStreamRequest, s grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error {
 	return f.generate(req, s)
+}
+
+func (f *fakeServer) GetEmbedding(ctx context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+	return f.embed(ctx, req)
 }
 
 // newTestClient serves srv over bufconn and returns a Client connected to it. cfg.Address is

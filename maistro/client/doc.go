@@ -19,6 +19,16 @@
 //	})
 //	if client.IsNotFound(err) { ... }
 //
+// Embed turns strings into vectors in one unary call, and CosineSimilarity compares two:
+//
+//	emb, err := c.Embed(ctx, &client.EmbedRequest{
+//		Model:     "embedding",
+//		Inputs:    []string{"a cat sits on the mat", "a kitten rests on the rug"},
+//		Normalize: true,
+//	})
+//	if err != nil { ... }
+//	sim, err := client.CosineSimilarity(emb.Embeddings[0].Vector, emb.Embeddings[1].Vector)
+//
 // Requests and responses are plain Go types rather than the generated protobuf messages, so
 // that callers deal in time.Duration, string enums and nil-for-unset options; the generated
 // package (grpc/inference) stays an implementation detail that can change with the proto.

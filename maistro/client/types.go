@@ -176,6 +176,45 @@ type GenerateResult struct {
 	Timings Timings `json:"timings"`
 }
 
+// EmbedRequest asks for one vector per input string.
+type EmbedRequest struct {
+	// Model is the embedding model's name as the server serves it, for example "embedding".
+	Model string
+	// Inputs are the strings to embed; the server rejects an empty list (IsInvalidArgument).
+	// Inputs longer than the model's maximum are truncated (see Embedding.Truncated).
+	Inputs []string
+	// Normalize asks the server to scale each vector to unit L2 norm, so that the dot product of
+	// two vectors is their cosine similarity.
+	Normalize bool
+	// KeepAlive: see ChatRequest.KeepAlive.
+	KeepAlive *time.Duration
+}
+
+// Embedding is the vector of one input.
+type Embedding struct {
+	// Index is the input's position in EmbedRequest.Inputs.
+	Index int `json:"index"`
+	// Vector is the embedding; its length is EmbedResult.Dimension.
+	Vector []float32 `json:"vector"`
+	// Tokens is how many tokens of the input the model saw (after truncation).
+	Tokens int `json:"tokens"`
+	// Truncated is true when the input was longer than the model's maximum and was cut.
+	Truncated bool `json:"truncated"`
+}
+
+// EmbedResult holds one Embedding per input, in input order: Embeddings[i] belongs to
+// EmbedRequest.Inputs[i].
+type EmbedResult struct {
+	// Model is the model that answered.
+	Model string `json:"model"`
+	// Dimension is the length of every vector.
+	Dimension int `json:"dimension"`
+	// Embeddings are the vectors, one per input, in input order.
+	Embeddings []Embedding `json:"embeddings"`
+	// Usage counts tokens: PromptTokens (and TotalTokens) over all inputs; CompletionTokens is 0.
+	Usage Usage `json:"usage"`
+}
+
 // ---------------------------------------------------------------------------------------------
 // Conversions to and from inference.v1
 // ---------------------------------------------------------------------------------------------
@@ -221,6 +260,37 @@ func (r *GenerateRequest) toProto() *pb.GenerateStreamRequest {
 		Options:   r.Options.toProto(),
 		KeepAlive: keepAliveToProto(r.KeepAlive),
 	}
+}
+
+func (r *EmbedRequest) toProto() *pb.GetEmbeddingRequest {
+	return &pb.GetEmbeddingRequest{
+		Model:     r.Model,
+		Inputs:    r.Inputs,
+		Normalize: r.Normalize,
+		KeepAlive: keepAliveToProto(r.KeepAlive),
+	}
+}
+
+func embedResultFromProto(m *pb.GetEmbeddingResponse) *EmbedResult {
+	res := &EmbedResult{
+		Model:      m.GetModel(),
+		Dimension:  int(m.GetDimension()),
+		Embeddings: make([]Embedding, len(m.GetEmbeddings())),
+		Usage:      usageFromProto(m.GetUsage()),
+	}
+	for i, e := range m.GetEmbeddings() {
+		vec := e.GetValues()
+		if vec == nil {
+			vec = []float32{} // JSON [] rather than null
+		}
+		res.Embeddings[i] = Embedding{
+			Index:     int(e.GetIndex()),
+			Vector:    vec,
+			Tokens:    int(e.GetTokens()),
+			Truncated: e.GetTruncated(),
+		}
+	}
+	return res
 }
 
 func finishReasonFromProto(f pb.FinishReason) FinishReason {

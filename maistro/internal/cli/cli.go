@@ -1,5 +1,6 @@
 // Package cli is maistro's command line: chat and generate against the inference adapter,
-// printing text as it arrives. main.go only hands it the arguments and the process's streams.
+// printing text as it arrives, and embed strings into vectors. main.go only hands it the
+// arguments and the process's streams.
 package cli
 
 import (
@@ -10,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,10 +71,10 @@ func newRootCommand() *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.configPath, "config", "config.yaml", "configuration file; a missing default file means the defaults")
 	pf.StringVar(&g.address, "address", "", "server address (host:port), overriding the configuration")
-	pf.BoolVar(&g.json, "json", false, "print one JSON object per chunk, then one for the whole result")
+	pf.BoolVar(&g.json, "json", false, "print one JSON object per chunk, then one for the whole result (embed: the result only)")
 	pf.BoolVar(&g.verbose, "verbose", false, "print token usage and timings to stderr at the end")
 
-	root.AddCommand(newChatCommand(g), newGenerateCommand(g))
+	root.AddCommand(newChatCommand(g), newGenerateCommand(g), newEmbedCommand(g))
 	return root
 }
 
@@ -195,6 +197,53 @@ func newGenerateCommand(g *globalFlags) *cobra.Command {
 	return cmd
 }
 
+// defaultEmbeddingModel is the embedding model's name in the platform's model repository.
+const defaultEmbeddingModel = "embedding"
+
+// previewValues is how many leading values of each vector embed prints without --json.
+const previewValues = 6
+
+func newEmbedCommand(g *globalFlags) *cobra.Command {
+	var (
+		model     string
+		normalize bool
+		keepAlive time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "embed [flags] TEXT...",
+		Short: "Embed each argument as one input and print the vectors (the full result with --json)",
+		Long: "embed sends every argument as one input and prints one line per input:\n\n" +
+			"  [0] dim=384 tokens=5 truncated=false  0.0123 -0.0456 0.0789 0.0012 -0.0345 0.0678 ...\n\n" +
+			"with the vector's first " + strconv.Itoa(previewValues) + " values. With --json it prints the whole result\n" +
+			"(model, dimension, embeddings with their vectors, usage) as one JSON object.",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cmd.SilenceUsage = true
+			c, err := g.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+
+			req := &client.EmbedRequest{Model: model, Inputs: args, Normalize: normalize}
+			if cmd.Flags().Changed("keep-alive") {
+				req.KeepAlive = &keepAlive
+			}
+			start := time.Now()
+			res, err := c.Embed(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return g.newPrinter(cmd).embeddings(res, time.Since(start))
+		},
+	}
+	flags := cmd.Flags()
+	flags.StringVar(&model, "model", defaultEmbeddingModel, "embedding model name as the server serves it")
+	flags.BoolVar(&normalize, "normalize", false, "scale each vector to unit L2 norm")
+	flags.DurationVar(&keepAlive, "keep-alive", 0, "how long the model stays loaded afterwards; negative: forever (default: the server's)")
+	return cmd
+}
+
 // connect loads the configuration, applies --address and makes the client.
 func (g *globalFlags) connect(cmd *cobra.Command) (*client.Client, error) {
 	// The default file may be absent (defaults apply); a file named on purpose must exist.
@@ -292,4 +341,43 @@ func (p *printer) result(v any, s summary) error {
 			s.timings.Load, s.timings.TimeToFirstToken, s.timings.Total, s.wall.Round(time.Millisecond))
 	}
 	return nil
+}
+
+// embeddings prints an embedding result: one line per input, or the whole result as one JSON
+// object; then, with --verbose, the usage on stderr.
+func (p *printer) embeddings(res *client.EmbedResult, wall time.Duration) error {
+	var err error
+	if p.json != nil {
+		err = p.json.Encode(res)
+	} else {
+		var b strings.Builder
+		for _, e := range res.Embeddings {
+			fmt.Fprintf(&b, "[%d] dim=%d tokens=%d truncated=%t  %s\n",
+				e.Index, len(e.Vector), e.Tokens, e.Truncated, preview(e.Vector))
+		}
+		_, err = io.WriteString(p.out, b.String())
+	}
+	if err = p.flush(err); err != nil {
+		return err
+	}
+	if p.verbose {
+		_, _ = fmt.Fprintf(p.errOut,
+			"model=%s dimension=%d inputs=%d prompt_tokens=%d total_tokens=%d wall=%s\n",
+			res.Model, res.Dimension, len(res.Embeddings), res.Usage.PromptTokens, res.Usage.TotalTokens,
+			wall.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// preview formats the first previewValues values of v with 4 decimals, then "..." if more follow.
+func preview(v []float32) string {
+	n := min(len(v), previewValues)
+	parts := make([]string, n, n+1)
+	for i, x := range v[:n] {
+		parts[i] = strconv.FormatFloat(float64(x), 'f', 4, 32)
+	}
+	if len(v) > n {
+		parts = append(parts, "...")
+	}
+	return strings.Join(parts, " ")
 }

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"net"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/inference-platform/maistro/client"
 	pb "github.com/inference-platform/maistro/grpc/inference"
@@ -17,16 +19,20 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// fakeServer answers every chat and generate with the same reply, or with err when it is set,
-// and remembers the last request.
+// fakeServer answers every chat and generate with the same reply, and every embed with
+// embedDim values per input, or with err when it is set; it remembers the last request.
 type fakeServer struct {
 	pb.UnimplementedInferenceServiceServer
 	err error
 
-	mu       sync.Mutex
-	lastChat *pb.ChatStreamRequest
-	lastGen  *pb.GenerateStreamRequest
+	mu        sync.Mutex
+	lastChat  *pb.ChatStreamRequest
+	lastGen   *pb.GenerateStreamRequest
+	lastEmbed *pb.GetEmbeddingRequest
 }
+
+// embedDim is the fake embedding model's dimension: more than the CLI previews.
+const embedDim = 8
 
 var reply = []string{"Hello", ", ", "world"}
 
@@ -62,6 +68,34 @@ func (f *fakeServer) GenerateStream(req *pb.GenerateStreamRequest, s grpc.Server
 		Model: req.GetModel(), Delta: " a cat", Done: true, FinishReason: pb.FinishReason_FINISH_REASON_LENGTH,
 		Usage: &pb.Usage{PromptTokens: 4, CompletionTokens: 2, TotalTokens: 6},
 	})
+}
+
+// GetEmbedding gives input i the vector (i+1)*[0.5, -0.25, 0.125, ...], halving and flipping
+// the sign at each step, and counts one token per word.
+func (f *fakeServer) GetEmbedding(_ context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+	f.mu.Lock()
+	f.lastEmbed = req
+	f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	resp := &pb.GetEmbeddingResponse{Model: req.GetModel(), Dimension: embedDim}
+	total := int32(0)
+	for i, in := range req.GetInputs() {
+		v := make([]float32, embedDim)
+		x := float32(i+1) * 0.5
+		for j := range v {
+			v[j] = x
+			x /= -2
+		}
+		tokens := int32(len(strings.Fields(in)))
+		total += tokens
+		resp.Embeddings = append(resp.Embeddings, &pb.Embedding{
+			Index: int32(i), Values: v, Tokens: tokens, Truncated: tokens > 3,
+		})
+	}
+	resp.Usage = &pb.Usage{PromptTokens: total, TotalTokens: total}
+	return resp, nil
 }
 
 // serve starts srv on a loopback TCP port (the CLI dials a real address) and returns it.
@@ -121,6 +155,31 @@ func TestCommands(t *testing.T) {
 			serverErr:  status.Error(codes.NotFound, `model "x" is not known`),
 			wantCode:   1,
 			wantStderr: "error: NOT_FOUND: model \"x\" is not known\n",
+		},
+		{
+			name: "embed prints one line per input with the first values",
+			args: []string{"embed", "hello world", "one two three four"},
+			wantStdout: "[0] dim=8 tokens=2 truncated=false  0.5000 -0.2500 0.1250 -0.0625 0.0312 -0.0156 ...\n" +
+				"[1] dim=8 tokens=4 truncated=true  1.0000 -0.5000 0.2500 -0.1250 0.0625 -0.0312 ...\n",
+		},
+		{
+			name:       "embed verbose reports usage on stderr",
+			args:       []string{"embed", "--verbose", "hello world"},
+			wantStdout: "[0] dim=8 tokens=2 truncated=false  0.5000 -0.2500 0.1250 -0.0625 0.0312 -0.0156 ...\n",
+			wantStderr: "model=embedding dimension=8 inputs=1 prompt_tokens=2 total_tokens=2",
+		},
+		{
+			name:       "embed server error is printed with its code and message",
+			args:       []string{"embed", "--model", "x", "hello"},
+			serverErr:  status.Error(codes.NotFound, `model "x" is not known`),
+			wantCode:   1,
+			wantStderr: "error: NOT_FOUND: model \"x\" is not known\n",
+		},
+		{
+			name:       "embed needs an input",
+			args:       []string{"embed"},
+			wantCode:   1,
+			wantStderr: "error: requires at least 1 arg",
 		},
 		{
 			name:       "a message is required",
@@ -232,5 +291,88 @@ func TestJSONOutputIsOneObjectPerLine(t *testing.T) {
 	}
 	if res.Text != "Hello, world" || res.FinishReason != client.FinishReasonStop || res.Usage.TotalTokens != 6 {
 		t.Errorf("result %+v", res)
+	}
+}
+
+func TestEmbedFlagsReachTheServer(t *testing.T) {
+	tests := []struct {
+		name          string
+		args          []string // after "embed --address ADDR"
+		wantModel     string
+		wantInputs    []string
+		wantNormalize bool
+		wantKeepAlive *time.Duration
+	}{
+		{
+			name:       "defaults",
+			args:       []string{"hello world"},
+			wantModel:  "embedding",
+			wantInputs: []string{"hello world"},
+		},
+		{
+			name:          "every flag",
+			args:          []string{"--model", "other", "--normalize", "--keep-alive", "-1s", "a", "b c"},
+			wantModel:     "other",
+			wantInputs:    []string{"a", "b c"},
+			wantNormalize: true,
+			wantKeepAlive: new(-time.Second),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := &fakeServer{}
+			addr := serve(t, srv)
+			if code, _, stderr := run(t, append([]string{"embed", "--address", addr}, tt.args...)...); code != 0 {
+				t.Fatalf("exit code %d: %s", code, stderr)
+			}
+			srv.mu.Lock()
+			req := srv.lastEmbed
+			srv.mu.Unlock()
+			if req.GetModel() != tt.wantModel || !reflect.DeepEqual(req.GetInputs(), tt.wantInputs) ||
+				req.GetNormalize() != tt.wantNormalize {
+				t.Errorf("server got %v", req)
+			}
+			switch {
+			case tt.wantKeepAlive == nil && req.KeepAlive != nil:
+				t.Errorf("keep_alive %v, want unset", req.KeepAlive)
+			case tt.wantKeepAlive != nil && (req.KeepAlive == nil || req.KeepAlive.AsDuration() != *tt.wantKeepAlive):
+				t.Errorf("keep_alive %v, want %v", req.KeepAlive, *tt.wantKeepAlive)
+			}
+		})
+	}
+}
+
+func TestEmbedJSONIsTheWholeResult(t *testing.T) {
+	addr := serve(t, &fakeServer{})
+	code, stdout, stderr := run(t, "embed", "--json", "--address", addr, "hello world", "one two three four")
+	if code != 0 {
+		t.Fatalf("exit code %d: %s", code, stderr)
+	}
+	if strings.Count(stdout, "\n") != 1 || !strings.HasSuffix(stdout, "\n") {
+		t.Errorf("stdout is not one line:\n%s", stdout)
+	}
+	var res client.EmbedResult
+	dec := json.NewDecoder(strings.NewReader(stdout))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&res); err != nil {
+		t.Fatalf("%q: %v", stdout, err)
+	}
+	if res.Model != "embedding" || res.Dimension != embedDim || len(res.Embeddings) != 2 ||
+		res.Usage != (client.Usage{PromptTokens: 6, TotalTokens: 6}) {
+		t.Fatalf("result %+v", res)
+	}
+	for i, e := range res.Embeddings {
+		if e.Index != i || len(e.Vector) != embedDim || e.Vector[0] != float32(i+1)*0.5 || e.Vector[embedDim-1] >= 0 {
+			t.Errorf("embedding %d: %+v", i, e)
+		}
+	}
+	if !res.Embeddings[1].Truncated || res.Embeddings[1].Tokens != 4 {
+		t.Errorf("embedding 1: %+v", res.Embeddings[1])
+	}
+	// The field names are part of the CLI's output format.
+	for _, key := range []string{`"model":`, `"dimension":`, `"embeddings":`, `"vector":`, `"tokens":`, `"truncated":`, `"index":`, `"usage":`} {
+		if !strings.Contains(stdout, key) {
+			t.Errorf("stdout has no %s: %s", key, stdout)
+		}
 	}
 }
