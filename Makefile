@@ -15,6 +15,7 @@ help:
 	@echo "make test   - build everything needed, then run every test (Python and Go)"
 	@echo "make lint   - ruff, mypy, buf lint, gofmt, go vet"
 	@echo "make proto  - regenerate Python and Go code from proto/"
+	@echo "make bench  - benchmarks: adapter vs Triton direct (tables in benchmarks/results/)"
 
 # The virtualenv with pinned dependencies (torch is the large part: ~3 GB with its CUDA packages).
 $(STAMP): pyproject.toml Makefile
@@ -56,6 +57,10 @@ test-python: models
 
 # Go first, Python last: one summary line closes the run.
 test: test-go test-python
+
+# Measures, does not assert: adapter vs Triton direct in one run; tables under benchmarks/results/.
+bench: models
+	$(PY) -m benchmarks.embeddings
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,8 @@ class Settings:
     # GetEmbedding limits per request.
     embedding_max_inputs: int = 256
     embedding_max_total_chars: int = 1_000_000
+    # Inputs waiting for or inside the embedding model, all requests together; past it: RESOURCE_EXHAUSTED.
+    embedding_max_pending_inputs: int = 8192
     log_level: str = "INFO"
 
     @property
@@ -164,6 +166,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         embedding_max_total_chars=_parse(
             env, "EMBEDDING_MAX_TOTAL_CHARS", d.embedding_max_total_chars, _positive_int, "a positive integer"
+        ),
+        embedding_max_pending_inputs=_parse(
+            env, "EMBEDDING_MAX_PENDING_INPUTS", d.embedding_max_pending_inputs, _positive_int, "a positive integer"
         ),
         log_level=_parse(env, "LOG_LEVEL", d.log_level, _log_level, "DEBUG, INFO, WARNING or ERROR"),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from adapter import validation
 from adapter.config import Settings
+from adapter.errors import ResourceExhausted
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.triton_gateway import TritonGateway
 
@@ -13,12 +14,23 @@ class EmbeddingService:
         self._gateway = gateway
         self._max_inputs = settings.embedding_max_inputs
         self._max_total_chars = settings.embedding_max_total_chars
+        self._max_pending = settings.embedding_max_pending_inputs
+        self._pending = 0  # inputs of requests now waiting for or inside Triton
 
     async def embed(self, request: pb.GetEmbeddingRequest) -> pb.GetEmbeddingResponse:
         model = validation.require_model(request.model)
         inputs = validation.embedding_inputs(request.inputs, self._max_inputs, self._max_total_chars)
-        await self._gateway.ensure_loaded(model)
-        rows = await self._gateway.embed(model, inputs, request.normalize)
+        if self._pending + len(inputs) > self._max_pending:
+            raise ResourceExhausted(
+                f"the embedding queue is full ({self._pending} inputs pending, limit "
+                f"{self._max_pending} = EMBEDDING_MAX_PENDING_INPUTS); retry later"
+            )
+        self._pending += len(inputs)
+        try:
+            await self._gateway.ensure_loaded(model)
+            rows = await self._gateway.embed(model, inputs, request.normalize)
+        finally:
+            self._pending -= len(inputs)
         prompt_tokens = int(rows.token_counts.sum())
         return pb.GetEmbeddingResponse(
             model=model,
