@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from adapter import errors
+from adapter.coalescer import EmbeddingCoalescer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class EmbeddingRows:
     token_counts: npt.NDArray[np.int32]  # [n]
     truncated: npt.NDArray[np.bool_]  # [n]
 
+    def slice(self, start: int, end: int) -> EmbeddingRows:
+        return EmbeddingRows(self.vectors[start:end], self.token_counts[start:end], self.truncated[start:end])
+
 
 @dataclass
 class _ModelInfo:
@@ -83,6 +87,7 @@ class TritonGateway:
             url, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._embeddings = EmbeddingCoalescer(self._embed_part, EmbeddingRows.slice)
         self._load_timeout_s = load_timeout_s
         self._ready_models: set[str] = set()
         self._loads: dict[str, asyncio.Task[None]] = {}
@@ -165,11 +170,11 @@ class TritonGateway:
 
     async def embed(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:
         """Embeds texts in order, in requests of at most the model's max_batch_size, sent at once
-        so Triton's dynamic batcher can run them together."""
+        so Triton's dynamic batcher can run them together; concurrent calls are coalesced."""
         info = self._model_info.get(model)
         step = info.max_batch_size if info and info.max_batch_size > 0 else len(texts)
         parts = await asyncio.gather(
-            *(self._embed_part(model, texts[i : i + step], normalize) for i in range(0, len(texts), step))
+            *(self._embeddings.embed(model, texts[i : i + step], normalize, step) for i in range(0, len(texts), step))
         )
         return EmbeddingRows(
             vectors=np.concatenate([p.vectors for p in parts]),
@@ -177,7 +182,7 @@ class TritonGateway:
             truncated=np.concatenate([p.truncated for p in parts]),
         )
 
-    async def _embed_part(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:
+    async def _embed_part(self, model: str, texts: list[str], normalize: list[bool]) -> EmbeddingRows:
         request = service_pb2.ModelInferRequest(model_name=model)
         for name, datatype in (("text_input", "BYTES"), ("normalize", "BOOL")):
             tensor = request.inputs.add()
@@ -186,7 +191,7 @@ class TritonGateway:
         # Triton's raw BYTES layout: each element is a little-endian uint32 length, then the bytes.
         encoded = [text.encode("utf-8") for text in texts]
         request.raw_input_contents.append(b"".join(struct.pack("<I", len(e)) + e for e in encoded))
-        request.raw_input_contents.append(b"\x01" * len(texts) if normalize else b"\x00" * len(texts))
+        request.raw_input_contents.append(bytes(normalize))  # one byte per BOOL
         try:
             response = await self._stub.ModelInfer(request)
         except grpc.aio.AioRpcError as err:
