@@ -87,7 +87,7 @@ class TritonGateway:
             url, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        self._embeddings = EmbeddingCoalescer(self._embed_part, EmbeddingRows.slice)
+        self._embeddings = EmbeddingCoalescer(self._embed_part, EmbeddingRows.slice, max_in_flight=1)
         self._load_timeout_s = load_timeout_s
         self._ready_models: set[str] = set()
         self._loads: dict[str, asyncio.Task[None]] = {}

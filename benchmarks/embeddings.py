@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
-from benchmarks.loadgen import LoadResult, closed_loop
+from benchmarks.loadgen import LoadResult, closed_loop, merge
 from tests.harness import build_small_models, start_adapter, stop_adapter
 
 RESULTS = Path(__file__).parent / "results"
@@ -83,11 +83,13 @@ async def _measure(adapter_address: str, triton_url: str, clients: int, seconds:
         return int(response.outputs[0].shape[0])
 
     try:
-        # Alternate the two paths so drift of the machine affects both alike.
-        return {
-            "triton": await closed_loop(via_triton, clients, seconds),
-            "adapter": await closed_loop(via_adapter, clients, seconds),
-        }
+        # Alternate the two paths in short rounds so drift of the machine affects both alike.
+        rounds = 4
+        runs: dict[str, list[LoadResult]] = {"triton": [], "adapter": []}
+        for _ in range(rounds):
+            runs["triton"].append(await closed_loop(via_triton, clients, seconds / rounds, warmup_s=0.5))
+            runs["adapter"].append(await closed_loop(via_adapter, clients, seconds / rounds, warmup_s=0.5))
+        return {path: merge(results) for path, results in runs.items()}
     finally:
         await adapter_channel.close()
         await triton_channel.close()
@@ -101,7 +103,7 @@ def _row(path: str, batching: str, r: LoadResult, ratio: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", default="1,8,32")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -144,7 +146,10 @@ def main() -> None:
         )
     table = "\n".join(lines)
     RESULTS.mkdir(exist_ok=True)
-    header = f"Embeddings, one text per request, {args.seconds:.0f} s per cell after 1 s warm-up.\n\n"
+    header = (
+        f"Embeddings, one text per request, {args.seconds:.0f} s per cell and path, in 4 alternating rounds"
+        " (each after 0.5 s warm-up). Same machine for load generator, adapter and Triton.\n\n"
+    )
     (RESULTS / "embeddings.md").write_text(header + table + "\n")
     print(table)
 

@@ -59,3 +59,14 @@ async def closed_loop(
 
     await asyncio.gather(*(loop(c) for c in range(clients)))
     return LoadResult(clients=clients, requests=requests, items=items, seconds=duration_s, latencies_ms=latencies)
+
+
+def merge(results: list[LoadResult]) -> LoadResult:
+    """One result from several runs of the same cell (alternated with another path to cancel drift)."""
+    return LoadResult(
+        clients=results[0].clients,
+        requests=sum(r.requests for r in results),
+        items=sum(r.items for r in results),
+        seconds=sum(r.seconds for r in results),
+        latencies_ms=[latency for r in results for latency in r.latencies_ms],
+    )
