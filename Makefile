@@ -61,6 +61,7 @@ test: test-go test-python
 # Measures, does not assert: adapter vs Triton direct in one run; tables under benchmarks/results/.
 bench: models
 	$(PY) -m benchmarks.embeddings
+	$(PY) -m benchmarks.images
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,10 @@ def default_model_cache_dir() -> Path:
     return Path.home() / ".cache" / "inference-platform" / "models"
 
 
+def default_image_dir() -> Path:
+    return Path.home() / ".local" / "share" / "inference-platform" / "images"
+
+
 @dataclass(frozen=True)
 class Settings:
     # Public gRPC server.
@@ -40,7 +44,7 @@ class Settings:
     embedded_triton_metrics_port: int = 0
     triton_startup_timeout_s: float = 120.0
     model_load_timeout_s: float = 600.0
-    preload_models: tuple[str, ...] = ("llm", "embedding")
+    preload_models: tuple[str, ...] = ("llm", "embedding", "image")
     # Weights of the local models (embedded mode): built small models unless overridden.
     model_cache_dir: Path = default_model_cache_dir()
     llm_model_id: str = ""
@@ -50,6 +54,17 @@ class Settings:
     embedding_max_total_chars: int = 1_000_000
     # Inputs waiting for or inside the embedding model, all requests together; past it: RESOURCE_EXHAUSTED.
     embedding_max_pending_inputs: int = 8192
+    # Image jobs.
+    image_model_id: str = ""
+    image_dir: Path = default_image_dir()
+    image_retention_hours: float = 24.0
+    image_max_width: int = 1024
+    image_max_height: int = 1024
+    image_max_steps: int = 150
+    image_max_num_images: int = 4
+    image_max_input_bytes: int = 20 * 1024 * 1024
+    image_max_concurrent_jobs: int = 1
+    image_max_queued_jobs: int = 32
     log_level: str = "INFO"
 
     @property
@@ -62,6 +77,7 @@ class Settings:
         embedding = self.embedding_model_id or _packaged_embedding_model()
         if embedding:
             env["EMBEDDING_MODEL_ID"] = embedding
+        env["IMAGE_MODEL_ID"] = self.image_model_id or str(self.model_cache_dir / "tiny-sd")
         return env
 
 
@@ -113,6 +129,13 @@ def _positive_int(text: str) -> int:
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+def _multiple_of_8(text: str) -> int:
+    value = int(text)
+    if value <= 0 or value % 8:
         raise ValueError(text)
     return value
 
@@ -169,6 +192,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         embedding_max_pending_inputs=_parse(
             env, "EMBEDDING_MAX_PENDING_INPUTS", d.embedding_max_pending_inputs, _positive_int, "a positive integer"
+        ),
+        image_model_id=env.get("IMAGE_MODEL_ID", "").strip(),
+        image_dir=_parse(env, "IMAGE_DIR", d.image_dir, Path, "a folder"),
+        image_retention_hours=_parse(
+            env, "IMAGE_RETENTION_HOURS", d.image_retention_hours, _positive_float, "hours > 0"
+        ),
+        image_max_width=_parse(env, "IMAGE_MAX_WIDTH", d.image_max_width, _multiple_of_8, "a positive multiple of 8"),
+        image_max_height=_parse(
+            env, "IMAGE_MAX_HEIGHT", d.image_max_height, _multiple_of_8, "a positive multiple of 8"
+        ),
+        image_max_steps=_parse(env, "IMAGE_MAX_STEPS", d.image_max_steps, _positive_int, "a positive integer"),
+        image_max_num_images=_parse(
+            env, "IMAGE_MAX_NUM_IMAGES", d.image_max_num_images, _positive_int, "a positive integer"
+        ),
+        image_max_input_bytes=_parse(
+            env, "IMAGE_MAX_INPUT_BYTES", d.image_max_input_bytes, _positive_int, "a positive number of bytes"
+        ),
+        image_max_concurrent_jobs=_parse(
+            env, "IMAGE_MAX_CONCURRENT_JOBS", d.image_max_concurrent_jobs, _positive_int, "a positive integer"
+        ),
+        image_max_queued_jobs=_parse(
+            env, "IMAGE_MAX_QUEUED_JOBS", d.image_max_queued_jobs, _positive_int, "a positive integer"
         ),
         log_level=_parse(env, "LOG_LEVEL", d.log_level, _log_level, "DEBUG, INFO, WARNING or ERROR"),
     )

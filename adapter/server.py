@@ -16,8 +16,11 @@ from adapter.config import Settings
 from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
+from adapter.image_jobs import ImageJobService
+from adapter.job_store import JobStore
 from adapter.servicer import InferenceServicer
 from adapter.services.embedding import EmbeddingService
+from adapter.services.images import ImageService
 from adapter.services.text_generation import TextGenerationService
 from adapter.triton_gateway import TritonGateway
 
@@ -46,6 +49,7 @@ class Adapter:
         self.triton: EmbeddedTriton | None = None
         self.gateway: TritonGateway | None = None
         self.server: grpc.aio.Server | None = None
+        self.image_jobs: ImageJobService | None = None
         self.health = health.aio.HealthServicer()
 
     async def start(self) -> None:
@@ -66,13 +70,20 @@ class Adapter:
             triton_url = s.triton_url
         self.gateway = TritonGateway(triton_url, s.model_load_timeout_s)
         await self._preload(self.gateway)
+        self.image_jobs = ImageJobService(self.gateway, JobStore(s.image_dir), s)
+        await self.image_jobs.start()
 
         # The pool runs any synchronous handler work off the event loop (GRPC_MAX_WORKERS threads).
         self.server = grpc.aio.server(
             futures.ThreadPoolExecutor(max_workers=s.grpc_max_workers), options=server_options(s)
         )
         pb_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(TextGenerationService(self.gateway), EmbeddingService(self.gateway, s)), self.server
+            InferenceServicer(
+                TextGenerationService(self.gateway),
+                EmbeddingService(self.gateway, s),
+                ImageService(self.image_jobs, s),
+            ),
+            self.server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if s.grpc_enable_reflection:
@@ -101,6 +112,8 @@ class Adapter:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(SHUTDOWN_GRACE_S)
+        if self.image_jobs is not None:
+            await self.image_jobs.stop()
         if self.gateway is not None:
             await self.gateway.close()
         if self.triton is not None:

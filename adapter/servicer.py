@@ -11,6 +11,7 @@ from adapter.errors import map_errors, map_stream_errors
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
 from adapter.services.embedding import EmbeddingService
+from adapter.services.images import ImageService
 from adapter.services.text_generation import TextGenerationService
 
 
@@ -22,9 +23,10 @@ async def _not_yet(context: grpc.aio.ServicerContext, rpc: str) -> NoReturn:
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, text: TextGenerationService, embedding: EmbeddingService) -> None:
+    def __init__(self, text: TextGenerationService, embedding: EmbeddingService, images: ImageService) -> None:
         self._text = text
         self._embedding = embedding
+        self._images = images
 
     @map_stream_errors
     async def ChatStream(  # noqa: N802 - gRPC method name
@@ -46,20 +48,23 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.GetEmbeddingResponse:
         return await self._embedding.embed(request)
 
+    @map_errors
     async def GenerateImage(  # noqa: N802
         self, request: pb.GenerateImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateImageResponse:
-        return await _not_yet(context, "GenerateImage")
+        return await self._images.generate(request)
 
+    @map_errors
     async def EditImage(  # noqa: N802
         self, request: pb.EditImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.EditImageResponse:
-        return await _not_yet(context, "EditImage")
+        return await self._images.edit(request)
 
+    @map_errors
     async def CheckImageStatus(  # noqa: N802
         self, request: pb.CheckImageStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckImageStatusResponse:
-        return await _not_yet(context, "CheckImageStatus")
+        return await self._images.status(request)
 
     async def ManageVRAM(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.ManageVRAMRequest], context: grpc.aio.ServicerContext

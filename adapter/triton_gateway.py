@@ -49,6 +49,15 @@ class TextChunk:
 
 
 @dataclass(frozen=True)
+class ImageProgress:
+    """One response of the image model: progress, and on the last one the PNGs."""
+
+    step: int
+    total_steps: int
+    images: list[bytes] | None = None  # set only on the final response
+
+
+@dataclass(frozen=True)
 class EmbeddingRows:
     """The embedding model's answer for a list of texts, row i for text i."""
 
@@ -92,6 +101,7 @@ class TritonGateway:
         self._ready_models: set[str] = set()
         self._loads: dict[str, asyncio.Task[None]] = {}
         self._model_info: dict[str, _ModelInfo] = {}
+        self._known_models: set[str] = set()  # names seen in the repository index
 
     async def close(self) -> None:
         for task in self._loads.values():
@@ -112,6 +122,16 @@ class TritonGateway:
         except (InferenceServerException, OSError) as err:
             raise errors.from_triton(err, "reading the model repository") from err
         return {entry["name"]: (entry.get("state", ""), entry.get("reason", "")) for entry in index.get("models", [])}
+
+    async def require_known(self, model: str) -> None:
+        """NotFound unless the model is in Triton's repository (loaded or not)."""
+        if model in self._ready_models or model in self._known_models:
+            return
+        index = await self.repository_index()
+        self._known_models = set(index)
+        if model not in index:
+            available = ", ".join(sorted(index)) or "none"
+            raise errors.NotFound(f"model {model!r} is not in Triton's model repository (available: {available})")
 
     async def ensure_loaded(self, model: str) -> float:
         """Loads the model if Triton does not serve it yet; returns the seconds this call waited.
@@ -214,6 +234,56 @@ class TritonGateway:
             truncated=np.frombuffer(truncated, dtype=np.bool_),
         )
 
+    async def stream_image(
+        self,
+        model: str,
+        prompt: str,
+        negative_prompt: str,
+        parameters: dict[str, Any],
+        image: bytes = b"",
+        mask: bytes = b"",
+    ) -> AsyncIterator[ImageProgress]:
+        """Streams the image model's progress; the last item carries the images."""
+        inputs = [_bytes_input("prompt", prompt), _bytes_input("parameters", json.dumps(parameters))]
+        if negative_prompt:
+            inputs.append(_bytes_input("negative_prompt", negative_prompt))
+        for name, data in (("image", image), ("mask", mask)):
+            if data:
+                tensor = triton_grpc.InferInput(name, [1], "BYTES")
+                tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+                inputs.append(tensor)
+        async for result in self._stream(model, inputs):
+            step, total = _first_int(result, "step"), _first_int(result, "total_steps")
+            images = result.as_numpy("images")
+            if images is not None:
+                yield ImageProgress(step, total, [bytes(png) for png in images.reshape(-1)])
+                return
+            yield ImageProgress(step, total)
+
+    async def _stream(self, model: str, inputs: list[triton_grpc.InferInput]) -> AsyncIterator[Any]:
+        """One request on a Triton stream; cancels it unless the consumer saw the end."""
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": model, "inputs": inputs}
+
+        responses = self._client.stream_infer(one_request(), headers=STREAM_HEADERS)
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise error
+                yield result
+        except Exception as err:
+            code = errors.triton_status(err)
+            if code is None:
+                raise
+            if code == errors.Code.NOT_FOUND:
+                self.forget(model)
+                raise errors.Unavailable(f"model {model!r} was unloaded while the request started; retry it") from err
+            raise errors.from_triton(err, f"streaming from {model!r}") from err
+        finally:
+            # A no-op when the stream already ended; otherwise the caller went away: stop the model.
+            responses.cancel()
+
     def forget(self, model: str) -> None:
         """Marks a model as not loaded (Triton told us it is gone)."""
         self._ready_models.discard(model)
@@ -226,42 +296,18 @@ class TritonGateway:
         else:
             inputs.append(_bytes_input("text_input", request.prompt or ""))
 
-        async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {"model_name": request.model, "inputs": inputs}
-
-        responses = self._client.stream_infer(one_request(), headers=STREAM_HEADERS)
-        finished = False
-        try:
-            async for result, error in responses:
-                if error is not None:
-                    raise error
-                text = result.as_numpy("text_output")
-                reason = result.as_numpy("finish_reason")
-                chunk = TextChunk(text=text.reshape(-1)[0].decode("utf-8") if text is not None else "")
-                if reason is not None:
-                    finished = True
-                    yield TextChunk(
-                        text=chunk.text,
-                        finish_reason=reason.reshape(-1)[0].decode("utf-8"),
-                        prompt_tokens=_first_int(result, "prompt_tokens"),
-                        completion_tokens=_first_int(result, "completion_tokens"),
-                    )
-                    return
-                yield chunk
-        except Exception as err:
-            code = errors.triton_status(err)
-            if code is None:
-                raise  # ours, or unexpected: the servicer maps it
-            if code == errors.Code.NOT_FOUND:
-                # Loaded when we checked, gone now (unloaded behind our back): reload next time.
-                self.forget(request.model)
-                raise errors.Unavailable(
-                    f"model {request.model!r} was unloaded while the request started; retry it"
-                ) from err
-            raise errors.from_triton(err, f"streaming from {request.model!r}") from err
-        finally:
-            if not finished:
-                # Our caller went away (client cancel, deadline) or Triton failed: stop the model.
-                responses.cancel()
-        if not finished:
-            raise errors.Internal(f"model {request.model!r} ended its stream without a final response")
+        async for result in self._stream(request.model, inputs):
+            text = result.as_numpy("text_output")
+            delta = text.reshape(-1)[0].decode("utf-8") if text is not None else ""
+            reason = result.as_numpy("finish_reason")
+            if reason is None:
+                yield TextChunk(text=delta)
+                continue
+            yield TextChunk(
+                text=delta,
+                finish_reason=reason.reshape(-1)[0].decode("utf-8"),
+                prompt_tokens=_first_int(result, "prompt_tokens"),
+                completion_tokens=_first_int(result, "completion_tokens"),
+            )
+            return
+        raise errors.Internal(f"model {request.model!r} ended its stream without a final response")

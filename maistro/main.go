@@ -3,6 +3,8 @@
 //	go run main.go chat "Hello"
 //	go run main.go generate "Once upon a time"
 //	go run main.go embed "a cat sits on the mat" "a kitten rests on the rug"
+//	go run main.go image generate --width 512 --height 512 "a red square"
+//	go run main.go image edit --image in.png --strength 0.6 "make it blue"
 //
 // See internal/cli for the commands and their flags, and client for the library.
 package main

@@ -14,9 +14,11 @@ import sysconfig
 import time
 from pathlib import Path
 
-# Bump when the recipe changes, so stale builds in a cache are rebuilt.
-RECIPE_VERSION = "1"
 LLM_DIR_NAME = "tiny-chat-llm"
+SD_DIR_NAME = "tiny-sd"
+# Per builder: bump a model's recipe when its builder changes, so stale builds in a cache are rebuilt
+# (and only that model is).
+RECIPE_VERSIONS = {LLM_DIR_NAME: "1", SD_DIR_NAME: "1"}
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -96,7 +98,119 @@ def build_llm(out_dir: Path) -> Path:
     return out_dir
 
 
-BUILDERS = {LLM_DIR_NAME: build_llm}
+def build_tiny_sd(out_dir: Path) -> Path:
+    """A Stable-Diffusion-shaped pipeline (UNet, VAE with SD's 8x downsampling, CLIP text encoder and
+    tokenizer, DDIM scheduler), small enough that a 64x64 image in 2 steps takes ~0.1 s on CPU."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    # A BPE trained the way CLIP's tokenizer runs it (lower case, CLIP's word split, byte-level
+    # alphabet, "</w>" at word ends), saved as the vocab.json/merges.txt that CLIPTokenizer reads.
+    bos, eos = "<|startoftext|>", "<|endoftext|>"
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=eos))
+    bpe.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                behavior="removed",
+                invert=True,
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=[bos, eos],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_training_corpus(limit_files=40), trainer=trainer)
+    with tempfile.TemporaryDirectory() as files:
+        bpe.model.save(files)  # vocab.json + merges.txt, as in a hub SD repo's tokenizer/
+        # The trainer numbers the word-final characters ("e</w>", ...) in hash order, which changes
+        # from run to run: number them in sorted order, so every build gives the same token ids.
+        vocab = json.loads((Path(files) / "vocab.json").read_text(encoding="utf-8"))
+        word_final = sorted(token for token in vocab if token.endswith("</w>") and len(token) == 5)
+        first = min(vocab[token] for token in word_final)
+        assert sorted(vocab[token] for token in word_final) == list(range(first, first + len(word_final)))
+        vocab.update({token: first + i for i, token in enumerate(word_final)})
+        vocab = dict(sorted(vocab.items(), key=lambda item: item[1]))
+        (Path(files) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        tokenizer = CLIPTokenizer.from_pretrained(files, model_max_length=77)
+        bpe_files = {name: (Path(files) / name).read_bytes() for name in ("vocab.json", "merges.txt")}
+
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),  # 4 blocks: SD's 8x downsampling from pixels to latents
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out_dir)
+    # transformers 5 writes only tokenizer.json; keep the BPE files too, as hub SD repos have them.
+    for name, content in bpe_files.items():
+        (out_dir / "tokenizer" / name).write_bytes(content)
+    return out_dir
+
+
+BUILDERS = {LLM_DIR_NAME: build_llm, SD_DIR_NAME: build_tiny_sd}
 
 
 def ensure_models(cache_dir: Path | None = None, force: bool = False) -> dict[str, Path]:
@@ -106,13 +220,14 @@ def ensure_models(cache_dir: Path | None = None, force: bool = False) -> dict[st
     for name, builder in BUILDERS.items():
         target = cache_dir / name
         stamp = target / "BUILD_RECIPE.json"
-        if not force and stamp.exists() and json.loads(stamp.read_text()).get("recipe") == RECIPE_VERSION:
+        recipe = RECIPE_VERSIONS[name]
+        if not force and stamp.exists() and json.loads(stamp.read_text()).get("recipe") == recipe:
             built[name] = target
             continue
         started = time.monotonic()
         tmp = cache_dir / f".{name}.tmp-{os.getpid()}"
         builder(tmp)
-        (tmp / "BUILD_RECIPE.json").write_text(json.dumps({"recipe": RECIPE_VERSION}))
+        (tmp / "BUILD_RECIPE.json").write_text(json.dumps({"recipe": recipe}))
         if target.exists():
             import shutil
 

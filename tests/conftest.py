@@ -19,8 +19,18 @@ def small_models() -> None:
 
 @pytest.fixture(scope="session")
 def adapter(small_models: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAdapter]:
-    log_path = tmp_path_factory.mktemp("adapter") / "adapter.log"
-    running = start_adapter(log_path)
+    workdir = tmp_path_factory.mktemp("adapter")
+    running = start_adapter(
+        workdir / "adapter.log",
+        env={
+            "IMAGE_DIR": str(workdir / "images"),
+            # Above the image model's own limit (1024): such a job passes the adapter and fails in
+            # the model, which is how the tests see a model failure end a job.
+            "IMAGE_MAX_WIDTH": "2048",
+            "IMAGE_MAX_INPUT_BYTES": "1000000",
+            "IMAGE_MAX_QUEUED_JOBS": "6",
+        },
+    )
     try:
         yield running
     finally:

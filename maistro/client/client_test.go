@@ -29,6 +29,10 @@ type fakeServer struct {
 	chat     func(*pb.ChatStreamRequest, grpc.ServerStreamingServer[pb.ChatStreamResponse]) error
 	generate func(*pb.GenerateStreamRequest, grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error
 	embed    func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error)
+
+	generateImage func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error)
+	editImage     func(context.Context, *pb.EditImageRequest) (*pb.EditImageResponse, error)
+	imageStatus   func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error)
 }
 
 func (f *fakeServer) ChatStream(req *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
@@ -41,6 +45,18 @@ func (f *fakeServer) GenerateStream(req *pb.GenerateStreamRequest, s grpc.Server
 
 func (f *fakeServer) GetEmbedding(ctx context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
 	return f.embed(ctx, req)
+}
+
+func (f *fakeServer) GenerateImage(ctx context.Context, req *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
+	return f.generateImage(ctx, req)
+}
+
+func (f *fakeServer) EditImage(ctx context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
+	return f.editImage(ctx, req)
+}
+
+func (f *fakeServer) CheckImageStatus(ctx context.Context, req *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
+	return f.imageStatus(ctx, req)
 }
 
 // newTestClient serves srv over bufconn and returns a Client connected to it. cfg.Address is

@@ -29,6 +29,21 @@
 //	if err != nil { ... }
 //	sim, err := client.CosineSimilarity(emb.Embeddings[0].Vector, emb.Embeddings[1].Vector)
 //
+// Pictures are made by jobs that run in the background on the server: GenerateImage (and
+// EditImage, from an input picture) returns a job id at once, and WaitForImage polls the job
+// until it ends, reporting its progress:
+//
+//	id, err := c.GenerateImage(ctx, &client.ImageRequest{
+//		Model: "image", Prompt: "a red square", Width: 512, Height: 512, Seed: new(uint64(1)),
+//	})
+//	if err != nil { ... } // a full queue is IsResourceExhausted
+//	job, err := c.WaitForImage(ctx, id, client.DefaultPollInterval, func(j *client.ImageJob) {
+//		fmt.Printf("%s %d/%d\n", j.State, j.Step, j.TotalSteps)
+//	})
+//	var failed *client.JobFailedError
+//	if errors.As(err, &failed) { ... } // the job ran and failed: failed.Message says why
+//	os.WriteFile("out.png", job.Images[0].PNG, 0o644)
+//
 // Requests and responses are plain Go types rather than the generated protobuf messages, so
 // that callers deal in time.Duration, string enums and nil-for-unset options; the generated
 // package (grpc/inference) stays an implementation detail that can change with the proto.

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"image/png"
 	"math"
 	"net"
 	"os"
@@ -34,6 +36,11 @@ const (
 	callLimit = 5 * time.Minute
 	// embeddingDim is the dimension of the platform's embedding model, all-MiniLM-L6-v2.
 	embeddingDim = 384
+	// imageSize is the width and height of the pictures the image subtests ask for: small, so
+	// that they are quick on any device.
+	imageSize = 64
+	// imagePoll is how often the image subtests ask for a job's status.
+	imagePoll = 100 * time.Millisecond
 )
 
 func TestAdapterEndToEnd(t *testing.T) {
@@ -193,6 +200,121 @@ func TestAdapterEndToEnd(t *testing.T) {
 			t.Errorf("stdout %q has no %q", stdout.String(), want)
 		}
 	})
+
+	// The edit subtest repaints the picture that the generate subtest made.
+	var generated []byte
+
+	t.Run("image generate reports progress to the last step and returns one 64x64 PNG", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		id, err := c.GenerateImage(ctx, &client.ImageRequest{
+			Model: "image", Prompt: "a red square", Width: imageSize, Height: imageSize, Steps: 2, Seed: new(uint64(1)),
+		})
+		if err != nil {
+			t.Fatalf("GenerateImage: %v", err)
+		}
+		var (
+			seen    []string
+			maxStep int
+		)
+		job, err := c.WaitForImage(ctx, id, imagePoll, func(j *client.ImageJob) {
+			seen = append(seen, fmt.Sprintf("%s %d/%d", j.State, j.Step, j.TotalSteps))
+			maxStep = max(maxStep, j.Step)
+		})
+		t.Logf("job %s went through %q", id, seen)
+		if err != nil {
+			t.Fatalf("WaitForImage: %v", err)
+		}
+		if job.State != client.JobStateSucceeded || job.ID != id {
+			t.Errorf("job %q in state %q, want job %q succeeded", job.ID, job.State, id)
+		}
+		if job.TotalSteps != 2 || maxStep != job.TotalSteps {
+			t.Errorf("progress reached step %d of %d, want 2 of 2", maxStep, job.TotalSteps)
+		}
+		if job.CreatedAt.IsZero() || job.FinishedAt.Before(job.CreatedAt) {
+			t.Errorf("created_at %v, finished_at %v: want both set, in that order", job.CreatedAt, job.FinishedAt)
+		}
+		if len(job.Images) != 1 {
+			t.Fatalf("%d images, want 1", len(job.Images))
+		}
+		im := job.Images[0]
+		if im.Width != imageSize || im.Height != imageSize {
+			t.Errorf("image reported as %dx%d, want %dx%d", im.Width, im.Height, imageSize, imageSize)
+		}
+		checkPNG(t, im.PNG, imageSize, imageSize)
+		generated = im.PNG
+	})
+
+	t.Run("image edit of the generated picture with strength 0.5 succeeds", func(t *testing.T) {
+		if generated == nil {
+			t.Fatal("no picture to edit: the generate subtest did not make one")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		id, err := c.EditImage(ctx, &client.EditRequest{
+			ImageRequest: client.ImageRequest{
+				Model: "image", Prompt: "a blue square", Width: imageSize, Height: imageSize, Steps: 2, Seed: new(uint64(1)),
+			},
+			Image:    generated,
+			Strength: new(float32(0.5)),
+		})
+		if err != nil {
+			t.Fatalf("EditImage: %v", err)
+		}
+		job, err := c.WaitForImage(ctx, id, imagePoll, nil)
+		if err != nil {
+			t.Fatalf("WaitForImage: %v", err)
+		}
+		t.Logf("job %s: %s at step %d/%d with %d images", id, job.State, job.Step, job.TotalSteps, len(job.Images))
+		if job.State != client.JobStateSucceeded || len(job.Images) != 1 {
+			t.Fatalf("job in state %q with %d images, want succeeded with 1", job.State, len(job.Images))
+		}
+		checkPNG(t, job.Images[0].PNG, imageSize, imageSize)
+	})
+
+	t.Run("image status of an unknown job is NOT_FOUND", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		_, err := c.ImageStatus(ctx, "no-such-job-maistro-e2e")
+		if !client.IsNotFound(err) {
+			t.Fatalf("ImageStatus of an unknown job: error %v, want IsNotFound", err)
+		}
+		t.Logf("server said: %v", err)
+	})
+
+	t.Run("CLI image generate saves one PNG and prints its path", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		out := t.TempDir()
+		cmd := exec.CommandContext(ctx, "go", "run", ".", "image", "generate", "--address", addr,
+			"--width", strconv.Itoa(imageSize), "--height", strconv.Itoa(imageSize), "--steps", "2",
+			"--out-dir", out, "a cat")
+		cmd.Dir = moduleDir
+		cmd.Env = append(os.Environ(),
+			client.EnvAddress+"=", client.EnvAPIKey+"=", client.EnvSecure+"=")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("CLI stdout %q, stderr %q", stdout.String(), stderr.String())
+		if err != nil {
+			t.Fatalf("go run . image generate: %v", err)
+		}
+		files, err := filepath.Glob(filepath.Join(out, "*.png"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(files) != 1 {
+			t.Fatalf("%d PNG files in the output directory (%q), want 1", len(files), files)
+		}
+		if stdout.String() != files[0]+"\n" {
+			t.Errorf("stdout %q, want the file's path %q", stdout.String(), files[0])
+		}
+		data, err := os.ReadFile(files[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPNG(t, data, imageSize, imageSize)
+	})
 }
 
 // adapter is the adapter process under test.
@@ -320,6 +442,18 @@ func (a *adapter) stop(t *testing.T) {
 	if syscall.Kill(-pid, 0) == nil {
 		t.Logf("processes of the adapter's group outlived it; killing them")
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
+
+// checkPNG fails the test unless data decodes as a PNG of width x height.
+func checkPNG(t *testing.T, data []byte, width, height int) {
+	t.Helper()
+	img, err := png.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("the image (%d bytes) is not a PNG: %v", len(data), err)
+	}
+	if b := img.Bounds(); b.Dx() != width || b.Dy() != height {
+		t.Errorf("the PNG is %dx%d, want %dx%d", b.Dx(), b.Dy(), width, height)
 	}
 }
 

@@ -180,11 +180,10 @@ def test_unknown_model_is_not_found(stub: pb_grpc.InferenceServiceStub) -> None:
 @pytest.mark.parametrize(
     "call",
     [
-        lambda s: s.GenerateImage(pb.GenerateImageRequest(model="x", prompt="a"), timeout=10),
         lambda s: s.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=10),
         lambda s: list(s.ManageVRAM(iter([pb.ManageVRAMRequest(command_id="1")]), timeout=10)),
     ],
-    ids=["GenerateImage", "GetMemoryStats", "ManageVRAM"],
+    ids=["GetMemoryStats", "ManageVRAM"],
 )
 def test_rpcs_not_built_yet_say_unimplemented(stub: pb_grpc.InferenceServiceStub, call: object) -> None:
     with pytest.raises(grpc.RpcError) as caught:

@@ -30,7 +30,7 @@ def test_empty_environment_gives_the_defaults() -> None:
     assert settings.embedded_triton_metrics_port == 0
     assert settings.triton_startup_timeout_s == 120.0
     assert settings.model_load_timeout_s == 600.0
-    assert settings.preload_models == ("llm", "embedding")
+    assert settings.preload_models == ("llm", "embedding", "image")
     assert settings.llm_model_id == ""
     assert settings.log_level == "INFO"
 
@@ -180,8 +180,8 @@ def test_settings_are_not_embedded_with_triton_url() -> None:
     assert load_settings({"TRITON_URL": " triton:8001 "}).embedded is False
 
 
-def test_unset_preload_models_preloads_the_llm_and_the_embedder() -> None:
-    assert load_settings({}).preload_models == ("llm", "embedding")
+def test_unset_preload_models_preloads_every_model() -> None:
+    assert load_settings({}).preload_models == ("llm", "embedding", "image")
 
 
 def test_empty_preload_models_preloads_nothing() -> None:

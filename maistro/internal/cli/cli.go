@@ -1,6 +1,7 @@
 // Package cli is maistro's command line: chat and generate against the inference adapter,
-// printing text as it arrives, and embed strings into vectors. main.go only hands it the
-// arguments and the process's streams.
+// printing text as it arrives, embed strings into vectors, and make or edit pictures with image
+// jobs (image generate, image edit, image status). main.go only hands it the arguments and the
+// process's streams.
 package cli
 
 import (
@@ -71,10 +72,10 @@ func newRootCommand() *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.configPath, "config", "config.yaml", "configuration file; a missing default file means the defaults")
 	pf.StringVar(&g.address, "address", "", "server address (host:port), overriding the configuration")
-	pf.BoolVar(&g.json, "json", false, "print one JSON object per chunk, then one for the whole result (embed: the result only)")
+	pf.BoolVar(&g.json, "json", false, "print one JSON object per chunk, then one for the whole result (embed: the result only; image: the job)")
 	pf.BoolVar(&g.verbose, "verbose", false, "print token usage and timings to stderr at the end")
 
-	root.AddCommand(newChatCommand(g), newGenerateCommand(g), newEmbedCommand(g))
+	root.AddCommand(newChatCommand(g), newGenerateCommand(g), newEmbedCommand(g), newImageCommand(g))
 	return root
 }
 

@@ -19,16 +19,23 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// fakeServer answers every chat and generate with the same reply, and every embed with
-// embedDim values per input, or with err when it is set; it remembers the last request.
+// fakeServer answers every chat and generate with the same reply, every embed with embedDim
+// values per input, and image jobs as image_test.go describes, or with err when it is set; it
+// remembers the last request.
 type fakeServer struct {
 	pb.UnimplementedInferenceServiceServer
 	err error
+	// jobFailure, when set, makes every image job fail with this message.
+	jobFailure string
 
-	mu        sync.Mutex
-	lastChat  *pb.ChatStreamRequest
-	lastGen   *pb.GenerateStreamRequest
-	lastEmbed *pb.GetEmbeddingRequest
+	mu            sync.Mutex
+	lastChat      *pb.ChatStreamRequest
+	lastGen       *pb.GenerateStreamRequest
+	lastEmbed     *pb.GetEmbeddingRequest
+	lastGenImage  *pb.GenerateImageRequest
+	lastEditImage *pb.EditImageRequest
+	numImages     int32 // of the last job submitted
+	statusCalls   int
 }
 
 // embedDim is the fake embedding model's dimension: more than the CLI previews.

@@ -1,0 +1,158 @@
+"""Image jobs: accepted at once, run in the background with bounded concurrency and a bounded
+queue, kept in the job store, expired after IMAGE_RETENTION_HOURS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from adapter import errors
+from adapter.config import Settings
+from adapter.image_inputs import ImageSpec, png_size
+from adapter.job_store import JobRecord, JobStore
+from adapter.triton_gateway import TritonGateway
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _LiveJob:
+    """A queued or running job, with the progress only memory knows."""
+
+    spec: ImageSpec
+    record: JobRecord
+    state: str = "queued"
+    step: int = 0
+    total_steps: int = 0
+
+
+@dataclass(frozen=True)
+class JobView:
+    record: JobRecord
+    images: list[bytes]
+
+
+class ImageJobService:
+    def __init__(self, gateway: TritonGateway, store: JobStore, settings: Settings) -> None:
+        self._gateway = gateway
+        self._store = store
+        self._settings = settings
+        self._queue: asyncio.Queue[_LiveJob] = asyncio.Queue()
+        self._queued = 0  # reserved queue places, counted before any await so the bound holds
+        self._live: dict[str, _LiveJob] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        interrupted = await self._store.open()
+        if interrupted:
+            log.warning("%d image jobs were interrupted by the last shutdown; marked failed", interrupted)
+        await self._remove_expired()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._worker()) for _ in range(self._settings.image_max_concurrent_jobs)]
+        self._tasks.append(loop.create_task(self._retention_loop()))
+
+    async def stop(self) -> None:
+        """Stops the workers (their Triton requests are cancelled); unfinished jobs stay queued or
+        running in the store, and the next start marks them interrupted."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._store.close()
+
+    async def submit(self, spec: ImageSpec) -> str:
+        await self._gateway.require_known(spec.model)  # an unknown model fails now, not as a job
+        if self._queued >= self._settings.image_max_queued_jobs:
+            raise errors.ResourceExhausted(
+                f"the image job queue is full ({self._queued} jobs waiting, IMAGE_MAX_QUEUED_JOBS="
+                f"{self._settings.image_max_queued_jobs}); retry later"
+            )
+        self._queued += 1
+        try:
+            job_id = uuid.uuid4().hex
+            created = time.time()
+            await self._store.create(job_id, spec.kind, spec.model, created)
+        except BaseException:
+            self._queued -= 1
+            raise
+        record = JobRecord(job_id, spec.kind, spec.model, "queued", 0, 0, "", [], created, None)
+        job = _LiveJob(spec=spec, record=record)
+        self._live[job_id] = job
+        self._queue.put_nowait(job)
+        return job_id
+
+    async def status(self, job_id: str) -> JobView:
+        live = self._live.get(job_id)
+        if live is not None:
+            r = live.record
+            return JobView(
+                JobRecord(r.id, r.kind, r.model, live.state, live.step, live.total_steps, "", [], r.created_at, None),
+                [],
+            )
+        record = await self._store.get(job_id)
+        if record is None:
+            raise errors.NotFound(f"no image job {job_id!r} (unknown, or removed after IMAGE_RETENTION_HOURS)")
+        images = await self._store.images(record) if record.state == "succeeded" else []
+        return JobView(record, images)
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            self._queued -= 1
+            try:
+                await self._run(job)
+            finally:
+                self._live.pop(job.record.id, None)
+
+    async def _run(self, job: _LiveJob) -> None:
+        job_id, spec = job.record.id, job.spec
+        job.state = "running"
+        await self._store.mark_running(job_id)
+        try:
+            await self._gateway.ensure_loaded(spec.model)
+            pngs: list[bytes] | None = None
+            async for progress in self._gateway.stream_image(
+                spec.model, spec.prompt, spec.negative_prompt, spec.parameters, spec.image, spec.mask
+            ):
+                job.step, job.total_steps = progress.step, progress.total_steps
+                if progress.images is not None:
+                    pngs = progress.images
+            if not pngs:
+                raise errors.Internal(f"model {spec.model!r} ended the job without images")
+            sizes = await asyncio.to_thread(lambda: [png_size(png) for png in pngs])
+            await self._store.succeed(job_id, pngs, sizes, job.total_steps)
+            log.info("image job %s succeeded (%d images)", job_id, len(pngs))
+        except errors.AdapterError as err:
+            await self._store.fail(job_id, err.message, job.step, job.total_steps)
+            log.info("image job %s failed: %s", job_id, err.message)
+        except asyncio.CancelledError:
+            raise  # shutting down: the next start marks the job interrupted
+        except Exception as err:  # noqa: BLE001 - the job fails; the worker lives on
+            incident = uuid.uuid4().hex[:12]
+            log.error("image job %s failed unexpectedly (incident %s)", job_id, incident, exc_info=err)
+            await self._store.fail(
+                job_id, f"internal error; incident {incident} is in the adapter's log", job.step, job.total_steps
+            )
+
+    def _retention_seconds(self) -> float:
+        return self._settings.image_retention_hours * 3600
+
+    async def _remove_expired(self) -> None:
+        removed = await self._store.remove_expired(time.time() - self._retention_seconds())
+        if removed:
+            log.info("removed %d expired image jobs", len(removed))
+
+    async def _retention_loop(self) -> None:
+        # Sweep often enough that a job outlives its retention by at most a tenth of it (<= 10 min).
+        interval = min(600.0, max(1.0, self._retention_seconds() / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._remove_expired()
+            except Exception as err:  # noqa: BLE001 - try again next round
+                log.error("image retention sweep failed: %s", err)
