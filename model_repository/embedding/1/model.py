@@ -14,7 +14,8 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoModel, AutoTokenizer
 
 from model_runtime.embeddings import POOLING_MODES, model_max_length, normalize_rows, pool
-from model_runtime.model_config import ModelParameters, pick_device, process_memory_bytes
+from model_runtime.metrics import ModelMetrics
+from model_runtime.model_config import ModelParameters, pick_device
 
 
 class TritonPythonModel:
@@ -32,13 +33,8 @@ class TritonPythonModel:
         self.max_length = model_max_length(
             model_id, self.tokenizer, self.model.config, params.integer("max_length", 0, minimum=0)
         )
-        # Families must outlive their metrics: keep them on self.
-        self.memory_family = pb_utils.MetricFamily(
-            name="model_memory_bytes",
-            description="Memory held by the model's process (CUDA reserved, or resident on CPU)",
-            kind=pb_utils.MetricFamily.GAUGE,
-        )
-        self.memory_family.Metric(labels={"model": args["model_name"]}).set(process_memory_bytes())
+        self.metrics = ModelMetrics(pb_utils, args["model_name"])
+        self.metrics.publish_memory()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         texts: list[str] = []

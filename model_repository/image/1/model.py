@@ -25,7 +25,8 @@ import triton_python_backend_utils as pb_utils
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
 from model_runtime.images import ImageJob, ImageLimits, InvalidImageRequest, build_job, encode_png, planned_steps
-from model_runtime.model_config import ModelParameters, pick_device, process_memory_bytes
+from model_runtime.metrics import ModelMetrics
+from model_runtime.model_config import ModelParameters, pick_device
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_POLL_SECONDS = 0.02
@@ -80,31 +81,17 @@ class TritonPythonModel:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffuse")
         self.prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._define_metrics()
-        self.memory_gauge.set(process_memory_bytes())
+        self.metrics.publish_memory()
         pb_utils.Logger.log_info(
             f"image model {model_id!r} loaded on {self.device} ({dtype}) in {time.monotonic() - started:.1f}s"
         )
 
     def _define_metrics(self) -> None:
-        labels = {"model": self.model_name}
-        # Families must outlive their metrics: keep every one on self.
-        self.metric_families = []
-        jobs = self._family(
-            name="image_jobs_total",
-            description="Image requests finished, by outcome",
-            kind=pb_utils.MetricFamily.COUNTER,
-        )
-        self.jobs = {outcome: jobs.Metric(labels={**labels, "outcome": outcome}) for outcome in OUTCOMES}
-        self.memory_gauge = self._family(
-            name="model_memory_bytes",
-            description="Memory held by the model's process (CUDA reserved, or resident on CPU)",
-            kind=pb_utils.MetricFamily.GAUGE,
-        ).Metric(labels=labels)
-
-    def _family(self, name: str, description: str, kind: Any) -> Any:
-        family = pb_utils.MetricFamily(name=name, description=description, kind=kind)
-        self.metric_families.append(family)
-        return family
+        self.metrics = ModelMetrics(pb_utils, self.model_name)
+        self.jobs = {
+            outcome: self.metrics.counter("image_jobs_total", "Image requests finished, by outcome", outcome=outcome)
+            for outcome in OUTCOMES
+        }
 
     async def execute(self, requests: list[Any]) -> None:
         # Decoupled + async execute: the stub keeps taking requests while these run.
@@ -132,7 +119,7 @@ class TritonPythonModel:
             return
         # Counted before the send: whoever sees the final response also sees it in the metrics.
         self.jobs[outcome].increment(1)
-        self.memory_gauge.set(process_memory_bytes())
+        self.metrics.publish_memory()
         try:
             sender.send(response, flags=FINAL)
         except Exception as err:  # noqa: BLE001

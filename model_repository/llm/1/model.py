@@ -16,7 +16,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 from transformers import AsyncTextIteratorStreamer, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from model_runtime.model_config import ModelParameters, pick_device, process_memory_bytes
+from model_runtime.metrics import ModelMetrics
+from model_runtime.model_config import ModelParameters, pick_device
 from model_runtime.text_generation import (
     InvalidRequest,
     SamplingParams,
@@ -63,41 +64,20 @@ class TritonPythonModel:
             thread_name_prefix="generate",
         )
         self._define_metrics()
-        self.memory_gauge.set(process_memory_bytes())
+        self.metrics.publish_memory()
 
     def _define_metrics(self) -> None:
-        labels = {"model": self.model_name}
-        # Families must outlive their metrics: keep every one on self.
-        self.metric_families = []
-        requests = self._family(
-            name="llm_generation_requests_total",
-            description="Generation requests finished, by finish reason",
-            kind=pb_utils.MetricFamily.COUNTER,
-        )
+        self.metrics = ModelMetrics(pb_utils, self.model_name)
         self.finished = {
-            reason: requests.Metric(labels={**labels, "finish_reason": reason})
+            reason: self.metrics.counter(
+                "llm_generation_requests_total", "Generation requests finished, by finish reason", finish_reason=reason
+            )
             for reason in ("stop", "length", "cancelled", "error")
         }
-        self.tokens = self._family(
-            name="llm_generated_tokens_total",
-            description="Tokens generated (counted when a request ends)",
-            kind=pb_utils.MetricFamily.COUNTER,
-        ).Metric(labels=labels)
-        self.active = self._family(
-            name="llm_active_generations",
-            description="Generations running now inside the model",
-            kind=pb_utils.MetricFamily.GAUGE,
-        ).Metric(labels=labels)
-        self.memory_gauge = self._family(
-            name="model_memory_bytes",
-            description="Memory held by the model's process (CUDA reserved, or resident on CPU)",
-            kind=pb_utils.MetricFamily.GAUGE,
-        ).Metric(labels=labels)
-
-    def _family(self, name: str, description: str, kind: Any) -> Any:
-        family = pb_utils.MetricFamily(name=name, description=description, kind=kind)
-        self.metric_families.append(family)
-        return family
+        self.tokens = self.metrics.counter(
+            "llm_generated_tokens_total", "Tokens generated (counted when a request ends)"
+        )
+        self.active = self.metrics.gauge("llm_active_generations", "Generations running now inside the model")
 
     async def execute(self, requests: list[Any]) -> None:
         # Decoupled + async execute: the stub keeps taking requests while these run.

@@ -1,0 +1,39 @@
+"""Custom Triton metrics for the python models, on Triton's own metrics endpoint.
+
+Takes the `triton_python_backend_utils` module as an argument so this package stays importable
+without Triton. A MetricFamily must outlive its metrics (Triton refuses updates otherwise), so
+this object keeps every family it made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_runtime.model_config import process_memory_bytes
+
+
+class ModelMetrics:
+    def __init__(self, pb_utils: Any, model_name: str) -> None:
+        self._pb_utils = pb_utils
+        self._families: dict[str, Any] = {}
+        self.labels = {"model": model_name}
+        self._memory = self.gauge(
+            "model_memory_bytes", "Memory held by the model's process (CUDA reserved, or resident on CPU)"
+        )
+
+    def _family(self, name: str, description: str, kind: Any) -> Any:
+        if name not in self._families:
+            self._families[name] = self._pb_utils.MetricFamily(name=name, description=description, kind=kind)
+        return self._families[name]
+
+    def counter(self, name: str, description: str, **labels: str) -> Any:
+        family = self._family(name, description, self._pb_utils.MetricFamily.COUNTER)
+        return family.Metric(labels={**self.labels, **labels})
+
+    def gauge(self, name: str, description: str, **labels: str) -> Any:
+        family = self._family(name, description, self._pb_utils.MetricFamily.GAUGE)
+        return family.Metric(labels={**self.labels, **labels})
+
+    def publish_memory(self) -> None:
+        """Sets model_memory_bytes{model} from this process (the adapter reads it per model)."""
+        self._memory.set(process_memory_bytes())
