@@ -6,6 +6,7 @@ A bad value raises ConfigError naming the variable, and the adapter refuses to s
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ class Settings:
     grpc_max_workers: int = 10
     grpc_max_message_size: int = 100 * 1024 * 1024
     grpc_enable_reflection: bool = True
+    # The adapter's own Prometheus metrics (Triton's are on its own port).
+    metrics_port: int = 9464
     # Triton: an external server at triton_url, or an embedded one when it is empty.
     triton_url: str = ""
     triton_metrics_url: str = ""
@@ -54,6 +57,12 @@ class Settings:
     embedding_max_total_chars: int = 1_000_000
     # Inputs waiting for or inside the embedding model, all requests together; past it: RESOURCE_EXHAUSTED.
     embedding_max_pending_inputs: int = 8192
+    # Model scheduler.
+    vram_budget_bytes: int = 0  # 0: a fraction of the device memory Triton reports
+    vram_budget_fraction: float = 0.9
+    keep_alive_s: float | None = 300.0  # None: models stay loaded
+    max_load_waiters: int = 256
+    model_memory_estimates: tuple[tuple[str, int], ...] = ()
     # Image jobs.
     image_model_id: str = ""
     image_dir: Path = default_image_dir()
@@ -66,6 +75,21 @@ class Settings:
     image_max_concurrent_jobs: int = 1
     image_max_queued_jobs: int = 32
     log_level: str = "INFO"
+
+    def declared_memory(self, model: str) -> int:
+        """A model's memory before it was ever measured: MODEL_MEMORY_ESTIMATES, else the
+        `memory_estimate_bytes` parameter of its config.pbtxt, else 1 GiB."""
+        estimates = dict(self.model_memory_estimates)
+        if model in estimates:
+            return estimates[model]
+        config = self.model_repository / model / "config.pbtxt"
+        if config.is_file():
+            match = re.search(
+                r'key:\s*"memory_estimate_bytes"\s*value:\s*\{\s*string_value:\s*"(\d+)"', config.read_text()
+            )
+            if match:
+                return int(match.group(1))
+        return 1 << 30
 
     @property
     def embedded(self) -> bool:
@@ -133,6 +157,35 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(text)
+    return value
+
+
+def _keep_alive(text: str) -> float | None:
+    value = float(text)
+    return None if value < 0 else value
+
+
+def _estimates(text: str) -> tuple[tuple[str, int], ...]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, size = item.partition("=")
+        if not name.strip() or int(size) <= 0:
+            raise ValueError(item)
+        pairs.append((name.strip(), int(size)))
+    return tuple(pairs)
+
+
 def _multiple_of_8(text: str) -> int:
     value = int(text)
     if value <= 0 or value % 8:
@@ -166,6 +219,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         grpc_enable_reflection=_parse(
             env, "GRPC_ENABLE_REFLECTION", d.grpc_enable_reflection, _boolean, "true or false"
         ),
+        metrics_port=_parse(
+            env, "METRICS_PORT", d.metrics_port, _port(allow_zero=True), "a port number (0 picks a free one)"
+        ),
         triton_url=env.get("TRITON_URL", "").strip(),
         triton_metrics_url=env.get("TRITON_METRICS_URL", "").strip(),
         model_repository=_parse(env, "MODEL_REPOSITORY", d.model_repository, Path, "a folder"),
@@ -192,6 +248,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         embedding_max_pending_inputs=_parse(
             env, "EMBEDDING_MAX_PENDING_INPUTS", d.embedding_max_pending_inputs, _positive_int, "a positive integer"
+        ),
+        vram_budget_bytes=_parse(
+            env, "VRAM_BUDGET_BYTES", 0, _non_negative_int, "a number of bytes (0: use VRAM_BUDGET_FRACTION)"
+        ),
+        vram_budget_fraction=_parse(
+            env, "VRAM_BUDGET_FRACTION", d.vram_budget_fraction, _fraction, "a number in (0, 1]"
+        ),
+        keep_alive_s=_parse(
+            env, "MODEL_KEEP_ALIVE_SECONDS", d.keep_alive_s, _keep_alive, "seconds (negative: keep loaded)"
+        ),
+        max_load_waiters=_parse(env, "MODEL_MAX_LOAD_WAITERS", d.max_load_waiters, _positive_int, "a positive integer"),
+        model_memory_estimates=_parse(
+            env, "MODEL_MEMORY_ESTIMATES", (), _estimates, "model=bytes pairs separated by commas"
         ),
         image_model_id=env.get("IMAGE_MODEL_ID", "").strip(),
         image_dir=_parse(env, "IMAGE_DIR", d.image_dir, Path, "a folder"),

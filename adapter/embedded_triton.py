@@ -134,6 +134,24 @@ class EmbeddedTriton:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def stub_pids(self, model: str) -> set[int]:
+        """The python-backend stub processes now serving `model` (children of our tritonserver
+        whose command line names the model's model.py)."""
+        if self._process is None:
+            return set()
+        marker = f"{self.options.model_repository.resolve()}/{model}/".encode()
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != self._process.pid:
+                    continue
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"triton_python_backend_stub" in cmdline and marker in cmdline:
+                found.add(int(stat.parent.name))
+        return found
+
     async def start(self) -> None:
         clean_stale_shared_memory()
         self._workdir = Path(tempfile.mkdtemp(prefix="embedded-triton-"))

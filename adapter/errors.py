@@ -154,11 +154,15 @@ def map_stream_errors(handler: Callable[..., AsyncIterator[Any]]) -> Callable[..
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        messages = handler(self, request, context)
         try:
-            async for message in handler(self, request, context):
+            async for message in messages:
                 yield message
         except Exception as err:  # noqa: BLE001 - mapped, never leaked
             mapped = _to_status(err, handler.__name__)
             await context.abort(mapped.code, mapped.message)
+        finally:
+            # Close the handler now (its cleanup cancels Triton work), not at garbage collection.
+            await messages.aclose()  # type: ignore[attr-defined]
 
     return wrapper

@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from adapter import validation
 from adapter.config import Settings
 from adapter.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
@@ -30,6 +31,7 @@ class ImageSpec:
     parameters: dict[str, Any]  # the model's `parameters` JSON; unset options are left out
     image: bytes = b""
     mask: bytes = b""
+    keep_alive: validation.KeepAlive = "default"
 
 
 def _dimension(name: str, value: int, limit: int) -> None:
@@ -85,6 +87,7 @@ def check_generate(request: pb.GenerateImageRequest, settings: Settings) -> Imag
         prompt=_prompt(request.prompt),
         negative_prompt=request.options.negative_prompt,
         parameters=check_options(request.options, settings),
+        keep_alive=validation.keep_alive(request),
     )
 
 
@@ -113,6 +116,7 @@ def check_edit_fields(request: pb.EditImageRequest, settings: Settings) -> Image
         parameters=parameters,
         image=request.image,
         mask=request.mask,
+        keep_alive=validation.keep_alive(request),
     )
 
 

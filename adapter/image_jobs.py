@@ -14,6 +14,7 @@ from adapter import errors
 from adapter.config import Settings
 from adapter.image_inputs import ImageSpec, png_size
 from adapter.job_store import JobRecord, JobStore
+from adapter.scheduler import Scheduler
 from adapter.triton_gateway import TritonGateway
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ class JobView:
 
 
 class ImageJobService:
-    def __init__(self, gateway: TritonGateway, store: JobStore, settings: Settings) -> None:
+    def __init__(self, gateway: TritonGateway, scheduler: Scheduler, store: JobStore, settings: Settings) -> None:
         self._gateway = gateway
+        self._scheduler = scheduler
         self._store = store
         self._settings = settings
         self._queue: asyncio.Queue[_LiveJob] = asyncio.Queue()
@@ -66,7 +68,7 @@ class ImageJobService:
         await self._store.close()
 
     async def submit(self, spec: ImageSpec) -> str:
-        await self._gateway.require_known(spec.model)  # an unknown model fails now, not as a job
+        await self._scheduler.slot(spec.model)  # an unknown model fails now, not as a job
         if self._queued >= self._settings.image_max_queued_jobs:
             raise errors.ResourceExhausted(
                 f"the image job queue is full ({self._queued} jobs waiting, IMAGE_MAX_QUEUED_JOBS="
@@ -114,14 +116,14 @@ class ImageJobService:
         job.state = "running"
         await self._store.mark_running(job_id)
         try:
-            await self._gateway.ensure_loaded(spec.model)
             pngs: list[bytes] | None = None
-            async for progress in self._gateway.stream_image(
-                spec.model, spec.prompt, spec.negative_prompt, spec.parameters, spec.image, spec.mask
-            ):
-                job.step, job.total_steps = progress.step, progress.total_steps
-                if progress.images is not None:
-                    pngs = progress.images
+            async with self._scheduler.use(spec.model, spec.keep_alive):
+                async for progress in self._gateway.stream_image(
+                    spec.model, spec.prompt, spec.negative_prompt, spec.parameters, spec.image, spec.mask
+                ):
+                    job.step, job.total_steps = progress.step, progress.total_steps
+                    if progress.images is not None:
+                        pngs = progress.images
             if not pngs:
                 raise errors.Internal(f"model {spec.model!r} ended the job without images")
             sizes = await asyncio.to_thread(lambda: [png_size(png) for png in pngs])

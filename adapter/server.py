@@ -18,9 +18,13 @@ from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
 from adapter.image_jobs import ImageJobService
 from adapter.job_store import JobStore
+from adapter.memory_readings import TritonMemoryProbe
+from adapter.metrics import AdapterMetrics
+from adapter.scheduler import ModelSlot, Scheduler, SchedulerEvent
 from adapter.servicer import InferenceServicer
 from adapter.services.embedding import EmbeddingService
 from adapter.services.images import ImageService
+from adapter.services.memory import MemoryService
 from adapter.services.text_generation import TextGenerationService
 from adapter.triton_gateway import TritonGateway
 
@@ -50,7 +54,10 @@ class Adapter:
         self.gateway: TritonGateway | None = None
         self.server: grpc.aio.Server | None = None
         self.image_jobs: ImageJobService | None = None
+        self.scheduler: Scheduler | None = None
+        self._background: list[asyncio.Task[None]] = []
         self.health = health.aio.HealthServicer()
+        self.metrics = AdapterMetrics()
 
     async def start(self) -> None:
         s = self.settings
@@ -65,23 +72,49 @@ class Adapter:
                 )
             )
             await self.triton.start()
-            triton_url = self.triton.grpc_url
+            triton_url, metrics_url = self.triton.grpc_url, self.triton.metrics_url
         else:
-            triton_url = s.triton_url
-        self.gateway = TritonGateway(triton_url, s.model_load_timeout_s)
-        await self._preload(self.gateway)
-        self.image_jobs = ImageJobService(self.gateway, JobStore(s.image_dir), s)
+            host = s.triton_url.rsplit(":", 1)[0]
+            triton_url, metrics_url = s.triton_url, s.triton_metrics_url or f"http://{host}:8002/metrics"
+        self.gateway = TritonGateway(
+            triton_url, s.model_load_timeout_s, stub_pids=self.triton.stub_pids if self.triton else None
+        )
+        probe = TritonMemoryProbe(metrics_url)
+        self.scheduler = Scheduler(
+            self.gateway,
+            probe,
+            budget_bytes=s.vram_budget_bytes or None,
+            budget_fraction=s.vram_budget_fraction,
+            declared_memory=s.declared_memory,
+            default_keep_alive_s=s.keep_alive_s,
+            load_timeout_s=s.model_load_timeout_s,
+            max_waiting=s.max_load_waiters,
+        )
+        self.scheduler.slot_observer = self._observe_slot
+        self.scheduler.add_listener(self._record_event)
+        try:
+            log.info("memory budget: %d bytes", await self.scheduler.refresh_budget())
+            self.metrics.set_budget(self.scheduler.budget_bytes)
+        except Exception as err:  # noqa: BLE001 - Triton unreachable: serve, and report per request
+            log.error("no memory budget yet (%s); retrying when models are loaded", err)
+        await self._preload(self.scheduler)
+        self._background.append(asyncio.get_running_loop().create_task(self.scheduler.run_keep_alive()))
+        self.image_jobs = ImageJobService(self.gateway, self.scheduler, JobStore(s.image_dir), s)
         await self.image_jobs.start()
+        memory = MemoryService(self.scheduler, probe)
 
         # The pool runs any synchronous handler work off the event loop (GRPC_MAX_WORKERS threads).
         self.server = grpc.aio.server(
-            futures.ThreadPoolExecutor(max_workers=s.grpc_max_workers), options=server_options(s)
+            futures.ThreadPoolExecutor(max_workers=s.grpc_max_workers),
+            options=server_options(s),
+            interceptors=[self.metrics.interceptor()],
         )
         pb_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(
-                TextGenerationService(self.gateway),
-                EmbeddingService(self.gateway, s),
+                TextGenerationService(self.gateway, self.scheduler),
+                EmbeddingService(self.gateway, self.scheduler, s),
                 ImageService(self.image_jobs, s),
+                memory,
             ),
             self.server,
         )
@@ -95,14 +128,37 @@ class Adapter:
         if self.server.add_insecure_port(address) == 0:
             raise OSError(f"cannot listen on {address} (GRPC_HOST/GRPC_PORT)")
         await self.server.start()
+        metrics_port = await self.metrics.start_http(s.grpc_host, s.metrics_port)
+        log.info("adapter metrics on http://%s:%d/metrics (Triton's: %s)", s.grpc_host, metrics_port, metrics_url)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("adapter serving %s on %s (Triton at %s)", SERVICE_NAME, address, triton_url)
 
-    async def _preload(self, gateway: TritonGateway) -> None:
+    def _observe_slot(self, slot: ModelSlot) -> None:
+        self.metrics.set_in_flight(slot.name, slot.in_flight)
+        self.metrics.set_queue_depth(slot.name, slot.waiting)
+
+    def _record_event(self, event: SchedulerEvent) -> None:
+        if event.kind == "loaded":
+            self.metrics.model_loaded(event.model, event.duration_s)
+        elif event.kind == "load_failed":
+            self.metrics.model_load_failed(event.model)
+        elif event.kind == "evicted":
+            self.metrics.model_unloaded(event.model, "evicted")
+        elif event.kind == "unloaded":
+            reason = (
+                "keep_alive"
+                if "keep-alive" in event.reason
+                else "clear"
+                if event.reason == "ClearMemory"
+                else "requested"
+            )
+            self.metrics.model_unloaded(event.model, reason)
+
+    async def _preload(self, scheduler: Scheduler) -> None:
         for model in self.settings.preload_models:
             try:
-                seconds = await gateway.ensure_loaded(model)
+                seconds = await scheduler.load(model)
                 log.info("preloaded %s (%.1fs)", model, seconds)
             except Exception as err:  # noqa: BLE001 - serve anyway; requests will report the reason
                 log.error("could not preload model %s: %s", model, err)
@@ -112,8 +168,11 @@ class Adapter:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(SHUTDOWN_GRACE_S)
+        self.metrics.stop_http()
         if self.image_jobs is not None:
             await self.image_jobs.stop()
+        for task in self._background:
+            task.cancel()
         if self.gateway is not None:
             await self.gateway.close()
         if self.triton is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import NoReturn
 
 import grpc
 
@@ -12,21 +11,18 @@ from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
 from adapter.services.embedding import EmbeddingService
 from adapter.services.images import ImageService
+from adapter.services.memory import MemoryService
 from adapter.services.text_generation import TextGenerationService
 
 
-async def _not_yet(context: grpc.aio.ServicerContext, rpc: str) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is part of the API but not implemented by this server yet"
-    )
-    raise AssertionError("unreachable: abort raises")
-
-
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, text: TextGenerationService, embedding: EmbeddingService, images: ImageService) -> None:
+    def __init__(
+        self, text: TextGenerationService, embedding: EmbeddingService, images: ImageService, memory: MemoryService
+    ) -> None:
         self._text = text
         self._embedding = embedding
         self._images = images
+        self._memory = memory
 
     @map_stream_errors
     async def ChatStream(  # noqa: N802 - gRPC method name
@@ -66,18 +62,21 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.CheckImageStatusResponse:
         return await self._images.status(request)
 
+    @map_stream_errors
     async def ManageVRAM(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.ManageVRAMRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ManageVRAMResponse]:
-        await _not_yet(context, "ManageVRAM")
-        yield pb.ManageVRAMResponse()  # unreachable: abort raises; makes this an async generator
+        async for response in self._memory.manage(request_iterator):
+            yield response
 
+    @map_errors
     async def ClearMemory(  # noqa: N802
         self, request: pb.ClearMemoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClearMemoryResponse:
-        return await _not_yet(context, "ClearMemory")
+        return await self._memory.clear(request)
 
+    @map_errors
     async def GetMemoryStats(  # noqa: N802
         self, request: pb.GetMemoryStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetMemoryStatsResponse:
-        return await _not_yet(context, "GetMemoryStats")
+        return await self._memory.stats(request)

@@ -6,11 +6,12 @@ Servicers call this with plain Python values; nothing here knows about the publi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,15 @@ class _ModelInfo:
     max_batch_size: int = 0
 
 
+def _process_alive(pid: int) -> bool:
+    """True while the process runs; an exited one awaiting its parent's wait (zombie) is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _bytes_input(name: str, value: str) -> triton_grpc.InferInput:
     tensor = triton_grpc.InferInput(name, [1], "BYTES")
     tensor.set_data_from_numpy(np.array([value.encode("utf-8")], dtype=np.object_))
@@ -87,8 +97,10 @@ def _first_int(result: Any, name: str) -> int:
 
 
 class TritonGateway:
-    def __init__(self, url: str, load_timeout_s: float) -> None:
+    def __init__(self, url: str, load_timeout_s: float, stub_pids: Callable[[str], set[int]] | None = None) -> None:
         self.url = url
+        # Embedded Triton only: the processes serving a model, to wait for their exit on unload.
+        self._stub_pids = stub_pids
         self._client = triton_grpc.InferenceServerClient(url)
         # Hot unary paths use Triton's generated stub with raw tensors: tritonclient's InferInput /
         # InferResult wrappers cost more CPU per call than the rest of the adapter (measured).
@@ -98,14 +110,9 @@ class TritonGateway:
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._embeddings = EmbeddingCoalescer(self._embed_part, EmbeddingRows.slice, max_in_flight=1)
         self._load_timeout_s = load_timeout_s
-        self._ready_models: set[str] = set()
-        self._loads: dict[str, asyncio.Task[None]] = {}
         self._model_info: dict[str, _ModelInfo] = {}
-        self._known_models: set[str] = set()  # names seen in the repository index
 
     async def close(self) -> None:
-        for task in self._loads.values():
-            task.cancel()
         await self._client.close()
         await self._channel.close()
 
@@ -123,53 +130,51 @@ class TritonGateway:
             raise errors.from_triton(err, "reading the model repository") from err
         return {entry["name"]: (entry.get("state", ""), entry.get("reason", "")) for entry in index.get("models", [])}
 
-    async def require_known(self, model: str) -> None:
-        """NotFound unless the model is in Triton's repository (loaded or not)."""
-        if model in self._ready_models or model in self._known_models:
-            return
-        index = await self.repository_index()
-        self._known_models = set(index)
-        if model not in index:
-            available = ", ".join(sorted(index)) or "none"
-            raise errors.NotFound(f"model {model!r} is not in Triton's model repository (available: {available})")
+    # ---- model control (the scheduler's ModelControl) ----------------------------------------
 
-    async def ensure_loaded(self, model: str) -> float:
-        """Loads the model if Triton does not serve it yet; returns the seconds this call waited.
+    async def model_names(self) -> list[str]:
+        return sorted(await self.repository_index())
 
-        Concurrent callers share one load (single flight).
-        """
-        if model in self._ready_models:
-            return 0.0
+    async def load(self, model: str) -> None:
+        """Loads the model; FailedPrecondition with Triton's reason when it cannot."""
         started = time.monotonic()
-        task = self._loads.get(model)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(model))
-            self._loads[model] = task
-            task.add_done_callback(lambda _: self._loads.pop(model, None))
-        # shield: one caller giving up must not cancel the load the others wait for.
-        await asyncio.shield(task)
-        return time.monotonic() - started
+        try:
+            await self._client.load_model(model, client_timeout=self._load_timeout_s)
+        except InferenceServerException as err:
+            code = errors.triton_status(err)
+            if code in (errors.Code.UNAVAILABLE, errors.Code.DEADLINE_EXCEEDED):
+                raise errors.from_triton(err, f"loading model {model!r}") from err
+            raise errors.FailedPrecondition(f"model {model!r} failed to load: {errors.triton_message(err)}") from err
+        self.forget(model)
+        log.info("loaded model %s in %.1fs", model, time.monotonic() - started)
 
-    async def _load(self, model: str) -> None:
-        index = await self.repository_index()
-        if model not in index:
-            available = ", ".join(sorted(index)) or "none"
-            raise errors.NotFound(f"model {model!r} is not in Triton's model repository (available: {available})")
-        if index[model][0] != "READY":
-            log.info("loading model %s", model)
-            started = time.monotonic()
-            try:
-                await self._client.load_model(model, client_timeout=self._load_timeout_s)
-            except InferenceServerException as err:
-                code = errors.triton_status(err)
-                if code in (errors.Code.UNAVAILABLE, errors.Code.DEADLINE_EXCEEDED):
-                    raise errors.from_triton(err, f"loading model {model!r}") from err
-                raise errors.FailedPrecondition(
-                    f"model {model!r} failed to load: {errors.triton_message(err)}"
-                ) from err
-            log.info("loaded model %s in %.1fs", model, time.monotonic() - started)
-        self._model_info[model] = await self._read_model_info(model)
-        self._ready_models.add(model)
+    async def unload(self, model: str, timeout_s: float = 120.0) -> None:
+        """Unloads the model and returns once the repository index no longer shows it READY
+        (Triton's unload is asynchronous: the stub process exits afterwards)."""
+        self.forget(model)
+        processes = self._stub_pids(model) if self._stub_pids else set()
+        try:
+            await self._client.unload_model(model)
+        except InferenceServerException as err:
+            raise errors.from_triton(err, f"unloading model {model!r}") from err
+        deadline = time.monotonic() + timeout_s
+        while (await self.repository_index()).get(model, ("", ""))[0] == "READY":
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"model {model!r} still READY {timeout_s:.0f}s after its unload")
+            await asyncio.sleep(0.05)
+        # Its stub exits 1-3 s after the index changes; only then is the memory really back.
+        while any(_process_alive(pid) for pid in processes):
+            if time.monotonic() > deadline:
+                log.warning("model %s: stub processes %s outlived its unload", model, processes)
+                break
+            await asyncio.sleep(0.05)
+
+    async def model_info(self, model: str) -> _ModelInfo:
+        """The loaded model's config (parameters, max_batch_size), read once per load."""
+        info = self._model_info.get(model)
+        if info is None:
+            info = self._model_info[model] = await self._read_model_info(model)
+        return info
 
     async def _read_model_info(self, model: str) -> _ModelInfo:
         try:
@@ -183,16 +188,11 @@ class TritonGateway:
             max_batch_size=int(body.get("max_batch_size", 0) or 0),
         )
 
-    def model_parameter(self, model: str, key: str) -> str | None:
-        """A `parameters` entry of a loaded model's config.pbtxt."""
-        info = self._model_info.get(model)
-        return info.parameters.get(key) if info else None
-
     async def embed(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:
         """Embeds texts in order, in requests of at most the model's max_batch_size, sent at once
         so Triton's dynamic batcher can run them together; concurrent calls are coalesced."""
-        info = self._model_info.get(model)
-        step = info.max_batch_size if info and info.max_batch_size > 0 else len(texts)
+        info = await self.model_info(model)
+        step = info.max_batch_size if info.max_batch_size > 0 else len(texts)
         parts = await asyncio.gather(
             *(self._embeddings.embed(model, texts[i : i + step], normalize, step) for i in range(0, len(texts), step))
         )
@@ -252,26 +252,36 @@ class TritonGateway:
                 tensor = triton_grpc.InferInput(name, [1], "BYTES")
                 tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
                 inputs.append(tensor)
-        async for result in self._stream(model, inputs):
-            step, total = _first_int(result, "step"), _first_int(result, "total_steps")
-            images = result.as_numpy("images")
-            if images is not None:
-                yield ImageProgress(step, total, [bytes(png) for png in images.reshape(-1)])
-                return
-            yield ImageProgress(step, total)
+        stream = self._stream(model, inputs, lambda r: r.as_numpy("images") is not None)
+        async with contextlib.aclosing(stream) as results:  # type: ignore[type-var]
+            async for result in results:
+                step, total = _first_int(result, "step"), _first_int(result, "total_steps")
+                images = result.as_numpy("images")
+                if images is not None:
+                    yield ImageProgress(step, total, [bytes(png) for png in images.reshape(-1)])
+                    return
+                yield ImageProgress(step, total)
 
-    async def _stream(self, model: str, inputs: list[triton_grpc.InferInput]) -> AsyncIterator[Any]:
-        """One request on a Triton stream; cancels it unless the consumer saw the end."""
+    async def _stream(
+        self, model: str, inputs: list[triton_grpc.InferInput], is_final: Callable[[Any], bool]
+    ) -> AsyncIterator[Any]:
+        """One request on a Triton stream, up to its final response. Left early (our caller went
+        away), it cancels the request. Never cancelled after the final response: Triton 2.51 then
+        keeps counting the request in flight, and the model can no longer be unloaded."""
 
         async def one_request() -> AsyncIterator[dict[str, Any]]:
             yield {"model_name": model, "inputs": inputs}
 
         responses = self._client.stream_infer(one_request(), headers=STREAM_HEADERS)
+        final_seen = False
         try:
             async for result, error in responses:
                 if error is not None:
                     raise error
+                final_seen = is_final(result)
                 yield result
+                if final_seen:
+                    return
         except Exception as err:
             code = errors.triton_status(err)
             if code is None:
@@ -281,12 +291,12 @@ class TritonGateway:
                 raise errors.Unavailable(f"model {model!r} was unloaded while the request started; retry it") from err
             raise errors.from_triton(err, f"streaming from {model!r}") from err
         finally:
-            # A no-op when the stream already ended; otherwise the caller went away: stop the model.
-            responses.cancel()
+            if not final_seen:
+                responses.cancel()
 
     def forget(self, model: str) -> None:
-        """Marks a model as not loaded (Triton told us it is gone)."""
-        self._ready_models.discard(model)
+        """Drops what we cached about a model (it was unloaded or reloaded)."""
+        self._model_info.pop(model, None)
 
     async def stream_text(self, request: TextGenerationRequest) -> AsyncIterator[TextChunk]:
         """Streams the LLM model's responses; cancelling the consumer cancels the Triton request."""
@@ -296,18 +306,21 @@ class TritonGateway:
         else:
             inputs.append(_bytes_input("text_input", request.prompt or ""))
 
-        async for result in self._stream(request.model, inputs):
-            text = result.as_numpy("text_output")
-            delta = text.reshape(-1)[0].decode("utf-8") if text is not None else ""
-            reason = result.as_numpy("finish_reason")
-            if reason is None:
-                yield TextChunk(text=delta)
-                continue
-            yield TextChunk(
-                text=delta,
-                finish_reason=reason.reshape(-1)[0].decode("utf-8"),
-                prompt_tokens=_first_int(result, "prompt_tokens"),
-                completion_tokens=_first_int(result, "completion_tokens"),
-            )
-            return
+        # aclosing: a caller leaving early cancels the Triton request now, not at garbage collection.
+        stream = self._stream(request.model, inputs, lambda r: r.as_numpy("finish_reason") is not None)
+        async with contextlib.aclosing(stream) as results:  # type: ignore[type-var]
+            async for result in results:
+                text = result.as_numpy("text_output")
+                delta = text.reshape(-1)[0].decode("utf-8") if text is not None else ""
+                reason = result.as_numpy("finish_reason")
+                if reason is None:
+                    yield TextChunk(text=delta)
+                    continue
+                yield TextChunk(
+                    text=delta,
+                    finish_reason=reason.reshape(-1)[0].decode("utf-8"),
+                    prompt_tokens=_first_int(result, "prompt_tokens"),
+                    completion_tokens=_first_int(result, "completion_tokens"),
+                )
+                return
         raise errors.Internal(f"model {request.model!r} ended its stream without a final response")

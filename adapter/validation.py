@@ -107,3 +107,14 @@ def embedding_inputs(inputs: Sequence[str], max_inputs: int, max_total_chars: in
             f"inputs hold {total} characters; the limit is {max_total_chars} per request (EMBEDDING_MAX_TOTAL_CHARS)"
         )
     return list(inputs)
+
+
+KeepAlive = float | None | str  # seconds; None: keep loaded; "default": leave the model's setting
+
+
+def keep_alive(request: Any) -> KeepAlive:
+    """A request's keep_alive: unset keeps the model's setting, negative keeps it loaded for good."""
+    if not request.HasField("keep_alive"):
+        return "default"
+    seconds = request.keep_alive.ToTimedelta().total_seconds()
+    return None if seconds < 0 else seconds

@@ -5,6 +5,10 @@
 //	go run main.go embed "a cat sits on the mat" "a kitten rests on the rug"
 //	go run main.go image generate --width 512 --height 512 "a red square"
 //	go run main.go image edit --image in.png --strength 0.6 "make it blue"
+//	go run main.go stats
+//	go run main.go vram pin llm
+//	go run main.go vram watch --interval 2s
+//	go run main.go clear --wait 10s
 //
 // See internal/cli for the commands and their flags, and client for the library.
 package main

@@ -34,6 +34,7 @@ class RunningAdapter:
     triton_grpc_url: str
     triton_metrics_url: str
     log_path: Path
+    metrics_url: str = ""
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -58,13 +59,14 @@ class RunningAdapter:
 
 
 def start_adapter(log_path: Path, env: dict[str, str] | None = None, wait_s: float = 240) -> RunningAdapter:
-    port, triton_port, metrics_port = free_port(), free_port(), free_port()
+    port, triton_port, metrics_port, adapter_metrics_port = free_port(), free_port(), free_port(), free_port()
     full_env = {
         **os.environ,
         "GRPC_HOST": "127.0.0.1",
         "GRPC_PORT": str(port),
         "EMBEDDED_TRITON_GRPC_PORT": str(triton_port),
         "EMBEDDED_TRITON_METRICS_PORT": str(metrics_port),
+        "METRICS_PORT": str(adapter_metrics_port),
         **(env or {}),
     }
     log_file = log_path.open("wb")
@@ -77,6 +79,7 @@ def start_adapter(log_path: Path, env: dict[str, str] | None = None, wait_s: flo
         triton_grpc_url=f"127.0.0.1:{triton_port}",
         triton_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         log_path=log_path,
+        metrics_url=f"http://127.0.0.1:{adapter_metrics_port}/metrics",
     )
     wait_until_serving(adapter, wait_s)
     return adapter

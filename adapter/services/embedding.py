@@ -6,12 +6,14 @@ from adapter import validation
 from adapter.config import Settings
 from adapter.errors import ResourceExhausted
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.scheduler import Scheduler
 from adapter.triton_gateway import TritonGateway
 
 
 class EmbeddingService:
-    def __init__(self, gateway: TritonGateway, settings: Settings) -> None:
+    def __init__(self, gateway: TritonGateway, scheduler: Scheduler, settings: Settings) -> None:
         self._gateway = gateway
+        self._scheduler = scheduler
         self._max_inputs = settings.embedding_max_inputs
         self._max_total_chars = settings.embedding_max_total_chars
         self._max_pending = settings.embedding_max_pending_inputs
@@ -27,8 +29,8 @@ class EmbeddingService:
             )
         self._pending += len(inputs)
         try:
-            await self._gateway.ensure_loaded(model)
-            rows = await self._gateway.embed(model, inputs, request.normalize)
+            async with self._scheduler.use(model, validation.keep_alive(request)):
+                rows = await self._gateway.embed(model, inputs, request.normalize)
         finally:
             self._pending -= len(inputs)
         prompt_tokens = int(rows.token_counts.sum())

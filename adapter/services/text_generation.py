@@ -10,6 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from adapter import validation
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.scheduler import Scheduler
 from adapter.triton_gateway import TextGenerationRequest, TritonGateway
 
 FINISH_REASONS = {
@@ -28,15 +29,19 @@ def _duration(seconds: float) -> Duration:
 
 
 class TextGenerationService:
-    def __init__(self, gateway: TritonGateway) -> None:
+    def __init__(self, gateway: TritonGateway, scheduler: Scheduler) -> None:
         self._gateway = gateway
+        self._scheduler = scheduler
 
     def chat(self, request: pb.ChatStreamRequest) -> AsyncIterator[pb.ChatStreamResponse]:
         model = validation.require_model(request.model)
         messages = validation.chat_messages(request.messages)
         validation.sampling_parameters(request.options, None)  # fail fast, before any load
         return self._stream(
-            pb.ChatStreamResponse, TextGenerationRequest(model=model, sampling={}, messages=messages), request.options
+            pb.ChatStreamResponse,
+            TextGenerationRequest(model=model, sampling={}, messages=messages),
+            request.options,
+            validation.keep_alive(request),
         )
 
     def generate(self, request: pb.GenerateStreamRequest) -> AsyncIterator[pb.GenerateStreamResponse]:
@@ -44,15 +49,33 @@ class TextGenerationService:
         prompt = validation.prompt_text(request.prompt)
         validation.sampling_parameters(request.options, None)
         return self._stream(
-            pb.GenerateStreamResponse, TextGenerationRequest(model=model, sampling={}, prompt=prompt), request.options
+            pb.GenerateStreamResponse,
+            TextGenerationRequest(model=model, sampling={}, prompt=prompt),
+            request.options,
+            validation.keep_alive(request),
         )
 
     async def _stream(
-        self, response_type: type[Response], request: TextGenerationRequest, options: pb.GenerationOptions
+        self,
+        response_type: type[Response],
+        request: TextGenerationRequest,
+        options: pb.GenerationOptions,
+        keep_alive: validation.KeepAlive,
     ) -> AsyncIterator[Response]:
         arrived = time.monotonic()
-        load_seconds = await self._gateway.ensure_loaded(request.model)
-        limit = self._gateway.model_parameter(request.model, "max_tokens_limit")
+        async with self._scheduler.use(request.model, keep_alive) as load_seconds:
+            async for response in self._generate(response_type, request, options, arrived, load_seconds):
+                yield response
+
+    async def _generate(
+        self,
+        response_type: type[Response],
+        request: TextGenerationRequest,
+        options: pb.GenerationOptions,
+        arrived: float,
+        load_seconds: float,
+    ) -> AsyncIterator[Response]:
+        limit = (await self._gateway.model_info(request.model)).parameters.get("max_tokens_limit")
         sampling = validation.sampling_parameters(options, int(limit) if limit else None)
         request = TextGenerationRequest(
             model=request.model, sampling=sampling, prompt=request.prompt, messages=request.messages

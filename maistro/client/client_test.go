@@ -33,6 +33,10 @@ type fakeServer struct {
 	generateImage func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error)
 	editImage     func(context.Context, *pb.EditImageRequest) (*pb.EditImageResponse, error)
 	imageStatus   func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error)
+
+	manageVRAM  func(grpc.BidiStreamingServer[pb.ManageVRAMRequest, pb.ManageVRAMResponse]) error
+	clearMemory func(context.Context, *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error)
+	memoryStats func(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error)
 }
 
 func (f *fakeServer) ChatStream(req *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
@@ -57,6 +61,22 @@ func (f *fakeServer) EditImage(ctx context.Context, req *pb.EditImageRequest) (*
 
 func (f *fakeServer) CheckImageStatus(ctx context.Context, req *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
 	return f.imageStatus(ctx, req)
+}
+
+// ManageVRAM is UNIMPLEMENTED, as on a server without the memory RPCs, unless the test sets it.
+func (f *fakeServer) ManageVRAM(s grpc.BidiStreamingServer[pb.ManageVRAMRequest, pb.ManageVRAMResponse]) error {
+	if f.manageVRAM == nil {
+		return f.UnimplementedInferenceServiceServer.ManageVRAM(s)
+	}
+	return f.manageVRAM(s)
+}
+
+func (f *fakeServer) ClearMemory(ctx context.Context, req *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error) {
+	return f.clearMemory(ctx, req)
+}
+
+func (f *fakeServer) GetMemoryStats(ctx context.Context, req *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
+	return f.memoryStats(ctx, req)
 }
 
 // newTestClient serves srv over bufconn and returns a Client connected to it. cfg.Address is

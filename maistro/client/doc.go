@@ -44,6 +44,23 @@
 //	if errors.As(err, &failed) { ... } // the job ran and failed: failed.Message says why
 //	os.WriteFile("out.png", job.Images[0].PNG, 0o644)
 //
+// The server loads models into memory on demand and evicts idle ones when a load needs room.
+// MemoryStats reports its devices, every model's state and memory, and the budget; ClearMemory
+// unloads what is idle. A VRAMSession is a control session: its commands load, unload and pin
+// models, each returning once the server has answered it, while Events delivers what happens to
+// the models and, after Subscribe, a memory snapshot every interval:
+//
+//	s, err := c.OpenVRAMSession(ctx)
+//	if err != nil { ... }
+//	defer s.Close()
+//	if err := s.Subscribe(ctx, 2*time.Second); err != nil { ... }
+//	if err := s.Pin(ctx, "llm"); client.IsNotFound(err) { ... }
+//	for ev := range s.Events() { // until the session ends; s.Err() then says why
+//		if ev.Event != nil {
+//			fmt.Println(ev.Event.Kind, ev.Event.Model, ev.Event.Reason)
+//		}
+//	}
+//
 // Requests and responses are plain Go types rather than the generated protobuf messages, so
 // that callers deal in time.Duration, string enums and nil-for-unset options; the generated
 // package (grpc/inference) stays an implementation detail that can change with the proto.

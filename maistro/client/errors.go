@@ -140,6 +140,15 @@ var codeNames = [...]string{
 	codes.Unauthenticated:    "UNAUTHENTICATED",
 }
 
+// codeByName maps the names of codeNames back to their codes.
+var codeByName = func() map[string]codes.Code {
+	m := make(map[string]codes.Code, len(codeNames))
+	for c, name := range codeNames {
+		m[name] = codes.Code(c)
+	}
+	return m
+}()
+
 // CodeName returns a code's canonical gRPC name, such as "NOT_FOUND".
 func CodeName(c codes.Code) string {
 	if int(c) < len(codeNames) {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -315,6 +316,205 @@ func TestAdapterEndToEnd(t *testing.T) {
 		}
 		checkPNG(t, data, imageSize, imageSize)
 	})
+
+	// The memory subtests come last: they unload models that the ones above use.
+
+	t.Run("memory stats list a device with memory and the llm model", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		snap, err := c.MemoryStats(ctx)
+		if err != nil {
+			t.Fatalf("MemoryStats: %v", err)
+		}
+		logSnapshot(t, snap)
+		if !slices.ContainsFunc(snap.Devices, func(d client.DeviceMemory) bool { return d.TotalBytes > 0 }) {
+			t.Errorf("devices %+v: none with total_bytes > 0", snap.Devices)
+		}
+		if snap.Model("llm") == nil {
+			t.Errorf("models %+v: no llm", snap.Models)
+		}
+	})
+
+	t.Run("VRAM session: unload and load send events, pin and unpin, an unknown model leaves the session open", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		s, err := c.OpenVRAMSession(ctx)
+		if err != nil {
+			t.Fatalf("OpenVRAMSession: %v", err)
+		}
+		defer s.Close()
+		w := &eventWatch{t: t, s: s}
+
+		if err := s.Subscribe(ctx, 200*time.Millisecond); err != nil {
+			t.Fatalf("Subscribe: %v", err)
+		}
+		// Loaded first, so that the unload has something to unload.
+		if err := s.Load(ctx, "embedding"); err != nil {
+			t.Fatalf("Load(embedding): %v", err)
+		}
+		if err := s.Unload(ctx, "embedding"); err != nil {
+			t.Fatalf("Unload(embedding): %v", err)
+		}
+		w.waitFor(ctx, "embedding", client.ModelUnloaded)
+		if err := s.Load(ctx, "embedding"); err != nil {
+			t.Fatalf("Load(embedding) after the unload: %v", err)
+		}
+		w.waitFor(ctx, "embedding", client.ModelLoaded)
+		w.waitForSnapshot(ctx)
+
+		for _, pinned := range []bool{true, false} {
+			pin, name := s.Pin, "Pin"
+			if !pinned {
+				pin, name = s.Unpin, "Unpin"
+			}
+			if err := pin(ctx, "llm"); err != nil {
+				t.Fatalf("%s(llm): %v", name, err)
+			}
+			snap, err := s.Status(ctx)
+			if err != nil {
+				t.Fatalf("Status after %s: %v", name, err)
+			}
+			if m := snap.Model("llm"); m == nil || m.Pinned != pinned {
+				t.Errorf("after %s(llm) the status says %+v, want pinned=%v", name, m, pinned)
+			}
+		}
+
+		err = s.Load(ctx, "no-such-model-maistro-e2e")
+		if !client.IsNotFound(err) {
+			t.Fatalf("Load of an unknown model: error %v, want IsNotFound", err)
+		}
+		t.Logf("server said: %v", err)
+		snap, err := s.Status(ctx)
+		if err != nil {
+			t.Fatalf("Status after an error result: %v (session error: %v)", err, s.Err())
+		}
+		if len(snap.Devices) == 0 {
+			t.Errorf("Status after an error result: no devices")
+		}
+	})
+
+	t.Run("clear memory names only known models", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		snap, err := c.MemoryStats(ctx)
+		if err != nil {
+			t.Fatalf("MemoryStats: %v", err)
+		}
+		known := map[string]bool{}
+		for _, m := range snap.Models {
+			known[m.Model] = true
+		}
+		res, err := c.ClearMemory(ctx, client.ClearOptions{})
+		if err != nil {
+			t.Fatalf("ClearMemory: %v", err)
+		}
+		t.Logf("unloaded %q, skipped %q, freed %d bytes", res.Unloaded, res.Skipped, res.FreedBytes)
+		unloaded := map[string]bool{}
+		for _, m := range res.Unloaded {
+			unloaded[m] = true
+			if !known[m] {
+				t.Errorf("unloaded %q, which the stats do not list", m)
+			}
+		}
+		for _, entry := range res.Skipped {
+			m := skippedModel(entry)
+			if !known[m] {
+				t.Errorf("skipped %q (model %q), which the stats do not list", entry, m)
+			}
+			if unloaded[m] {
+				t.Errorf("%q is both unloaded and skipped", m)
+			}
+		}
+	})
+
+	t.Run("CLI stats prints the models and the budget", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "go", "run", ".", "stats", "--address", addr)
+		cmd.Dir = moduleDir
+		cmd.Env = append(os.Environ(),
+			client.EnvAddress+"=", client.EnvAPIKey+"=", client.EnvSecure+"=")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("CLI stdout:\n%s\nstderr %q", stdout.String(), stderr.String())
+		if err != nil {
+			t.Fatalf("go run . stats: %v", err)
+		}
+		for _, want := range []string{"DEVICE", "llm", "budget: "} {
+			if !strings.Contains(stdout.String(), want) {
+				t.Errorf("stdout has no %q", want)
+			}
+		}
+	})
+}
+
+// logSnapshot writes a memory snapshot to the test's log.
+func logSnapshot(t *testing.T, snap *client.MemorySnapshot) {
+	t.Helper()
+	for _, d := range snap.Devices {
+		t.Logf("device %s: total %d, used %d, free %d", d.Device, d.TotalBytes, d.UsedBytes, d.FreeBytes)
+	}
+	for _, m := range snap.Models {
+		t.Logf("model %s: %s, %d bytes (%s), pinned=%v in_flight=%d reason=%q",
+			m.Model, m.State, m.MemoryBytes, m.MemorySource, m.Pinned, m.InFlight, m.Reason)
+	}
+	t.Logf("budget %d bytes", snap.BudgetBytes)
+}
+
+// eventWatch reads a VRAM session's events in order, logging them and counting snapshots.
+type eventWatch struct {
+	t         *testing.T
+	s         *client.VRAMSession
+	snapshots int
+}
+
+// next returns the session's next event; it fails the test when the session ends or ctx does.
+func (w *eventWatch) next(ctx context.Context) client.SessionEvent {
+	w.t.Helper()
+	select {
+	case ev, ok := <-w.s.Events():
+		if !ok {
+			w.t.Fatalf("the session ended: %v", w.s.Err())
+		}
+		if ev.Snapshot != nil {
+			w.snapshots++
+		}
+		if ev.Event != nil {
+			w.t.Logf("event: %s %s (%s) %d bytes", ev.Event.Kind, ev.Event.Model, ev.Event.Reason, ev.Event.MemoryBytes)
+		}
+		return ev
+	case <-ctx.Done():
+		w.t.Fatalf("waiting for an event: %v", ctx.Err())
+	}
+	return client.SessionEvent{}
+}
+
+// waitFor takes events until one says kind happened to model.
+func (w *eventWatch) waitFor(ctx context.Context, model string, kind client.ModelEventKind) {
+	w.t.Helper()
+	for {
+		if ev := w.next(ctx); ev.Event != nil && ev.Event.Model == model && ev.Event.Kind == kind {
+			return
+		}
+	}
+}
+
+// waitForSnapshot returns once a subscribed snapshot has arrived, now or before.
+func (w *eventWatch) waitForSnapshot(ctx context.Context) {
+	w.t.Helper()
+	for w.snapshots == 0 {
+		w.next(ctx)
+	}
+}
+
+// skippedModel is the model named by an entry of ClearResult.Skipped, which may add why after
+// the name: "llm (pinned)", "llm: busy".
+func skippedModel(entry string) string {
+	if i := strings.IndexAny(entry, " :("); i >= 0 {
+		return entry[:i]
+	}
+	return entry
 }
 
 // adapter is the adapter process under test.
@@ -341,6 +541,7 @@ func startAdapter(t *testing.T, repo, addr string) *adapter {
 	cmd.Env = append(os.Environ(), // later entries win over inherited ones
 		"GRPC_PORT="+port,
 		"GRPC_HOST=127.0.0.1",
+		"METRICS_PORT=0",
 		"PYTHONUNBUFFERED=1", // so the log is complete if the test fails
 	)
 	out := &lockedBuffer{}

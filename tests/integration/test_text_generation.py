@@ -175,17 +175,3 @@ def test_unknown_model_is_not_found(stub: pb_grpc.InferenceServiceStub) -> None:
         list(stub.ChatStream(pb.ChatStreamRequest(model="no-such-model", messages=HELLO), timeout=30))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no-such-model" in caught.value.details() and "llm" in caught.value.details()
-
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda s: s.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=10),
-        lambda s: list(s.ManageVRAM(iter([pb.ManageVRAMRequest(command_id="1")]), timeout=10)),
-    ],
-    ids=["GetMemoryStats", "ManageVRAM"],
-)
-def test_rpcs_not_built_yet_say_unimplemented(stub: pb_grpc.InferenceServiceStub, call: object) -> None:
-    with pytest.raises(grpc.RpcError) as caught:
-        call(stub)  # type: ignore[operator]
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import numpy as np
@@ -22,9 +24,6 @@ class HeldGateway:
         self.release = asyncio.Event()
         self.calls = 0
 
-    async def ensure_loaded(self, model: str) -> float:
-        return 0.0
-
     async def embed(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:
         self.calls += 1
         await self.release.wait()
@@ -36,13 +35,21 @@ class HeldGateway:
         )
 
 
+class AlwaysLoaded:
+    """A scheduler whose models are always loaded."""
+
+    @contextlib.asynccontextmanager
+    async def use(self, model: str, keep_alive: object = "default") -> AsyncIterator[float]:
+        yield 0.0
+
+
 def _request(n: int) -> pb.GetEmbeddingRequest:
     return pb.GetEmbeddingRequest(model="embedding", inputs=[f"text {i}" for i in range(n)])
 
 
 async def test_past_the_pending_limit_requests_are_refused_and_the_queue_frees_up_after() -> None:
     gateway = HeldGateway()
-    service = EmbeddingService(gateway, replace(Settings(), embedding_max_pending_inputs=5))  # type: ignore[arg-type]
+    service = EmbeddingService(gateway, AlwaysLoaded(), replace(Settings(), embedding_max_pending_inputs=5))  # type: ignore[arg-type]
     first = asyncio.create_task(service.embed(_request(3)))
     second = asyncio.create_task(service.embed(_request(2)))
     await asyncio.sleep(0)
@@ -63,7 +70,7 @@ async def test_a_failed_request_gives_its_place_back() -> None:
         raise RuntimeError("triton went away")
 
     gateway.embed = failing_embed  # type: ignore[method-assign]
-    service = EmbeddingService(gateway, replace(Settings(), embedding_max_pending_inputs=4))  # type: ignore[arg-type]
+    service = EmbeddingService(gateway, AlwaysLoaded(), replace(Settings(), embedding_max_pending_inputs=4))  # type: ignore[arg-type]
     for _ in range(3):
         with pytest.raises(RuntimeError):
             await service.embed(_request(4))

@@ -1,7 +1,8 @@
 // Package cli is maistro's command line: chat and generate against the inference adapter,
-// printing text as it arrives, embed strings into vectors, and make or edit pictures with image
-// jobs (image generate, image edit, image status). main.go only hands it the arguments and the
-// process's streams.
+// printing text as it arrives, embed strings into vectors, make or edit pictures with image
+// jobs (image generate, image edit, image status), and manage the server's memory (stats,
+// clear, and vram: load, unload, pin, unpin, keep-alive, watch). main.go only hands it the
+// arguments and the process's streams.
 package cli
 
 import (
@@ -72,10 +73,12 @@ func newRootCommand() *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.configPath, "config", "config.yaml", "configuration file; a missing default file means the defaults")
 	pf.StringVar(&g.address, "address", "", "server address (host:port), overriding the configuration")
-	pf.BoolVar(&g.json, "json", false, "print one JSON object per chunk, then one for the whole result (embed: the result only; image: the job)")
+	pf.BoolVar(&g.json, "json", false, "print JSON: chat and generate one object per chunk, then one for the whole result; "+
+		"vram watch one per event; the other commands one for the result (image: the job)")
 	pf.BoolVar(&g.verbose, "verbose", false, "print token usage and timings to stderr at the end")
 
-	root.AddCommand(newChatCommand(g), newGenerateCommand(g), newEmbedCommand(g), newImageCommand(g))
+	root.AddCommand(newChatCommand(g), newGenerateCommand(g), newEmbedCommand(g), newImageCommand(g),
+		newStatsCommand(g), newClearCommand(g), newVRAMCommand(g))
 	return root
 }
 

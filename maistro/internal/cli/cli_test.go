@@ -20,8 +20,8 @@ import (
 )
 
 // fakeServer answers every chat and generate with the same reply, every embed with embedDim
-// values per input, and image jobs as image_test.go describes, or with err when it is set; it
-// remembers the last request.
+// values per input, image jobs as image_test.go describes and the memory RPCs as
+// memory_test.go does, or with err when it is set; it remembers the last request.
 type fakeServer struct {
 	pb.UnimplementedInferenceServiceServer
 	err error
@@ -36,6 +36,8 @@ type fakeServer struct {
 	lastEditImage *pb.EditImageRequest
 	numImages     int32 // of the last job submitted
 	statusCalls   int
+	lastClear     *pb.ClearMemoryRequest
+	vramCommands  []*pb.ManageVRAMRequest
 }
 
 // embedDim is the fake embedding model's dimension: more than the CLI previews.

@@ -1,0 +1,79 @@
+"""Memory figures from Triton's Prometheus endpoint: device totals and use, and the memory each
+python model publishes about itself (`model_memory_bytes{model}`)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapter import errors
+
+
+@dataclass(frozen=True)
+class DeviceReading:
+    device: str  # "gpu:<uuid>" or "cpu"
+    total_bytes: int
+    used_bytes: int
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    devices: list[DeviceReading] = field(default_factory=list)
+    models: dict[str, int] = field(default_factory=dict)  # model -> bytes it reports holding
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(d.total_bytes for d in self.devices)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(d.used_bytes for d in self.devices)
+
+
+def parse_memory(text: str) -> MemoryReading:
+    """GPUs when Triton sees any (nv_gpu_memory_*), else the host (nv_cpu_memory_*)."""
+    gpu_total: dict[str, int] = {}
+    gpu_used: dict[str, int] = {}
+    cpu_total = cpu_used = 0
+    models: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "nv_gpu_memory_total_bytes":
+                gpu_total[sample.labels.get("gpu_uuid", "0")] = int(sample.value)
+            elif sample.name == "nv_gpu_memory_used_bytes":
+                gpu_used[sample.labels.get("gpu_uuid", "0")] = int(sample.value)
+            elif sample.name == "nv_cpu_memory_total_bytes":
+                cpu_total = int(sample.value)
+            elif sample.name == "nv_cpu_memory_used_bytes":
+                cpu_used = int(sample.value)
+            elif sample.name == "model_memory_bytes" and "model" in sample.labels:
+                models[sample.labels["model"]] = int(sample.value)
+    if gpu_total:
+        devices = [
+            DeviceReading(f"gpu:{uuid}", total, gpu_used.get(uuid, 0)) for uuid, total in sorted(gpu_total.items())
+        ]
+    elif cpu_total:
+        devices = [DeviceReading("cpu", cpu_total, cpu_used)]
+    else:
+        devices = []
+    return MemoryReading(devices=devices, models=models)
+
+
+class TritonMemoryProbe:
+    """Reads Triton's metrics endpoint (in a thread: urllib blocks)."""
+
+    def __init__(self, metrics_url: str) -> None:
+        self.metrics_url = metrics_url
+
+    async def read(self) -> MemoryReading:
+        def fetch() -> str:
+            with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+                return str(response.read().decode("utf-8"))
+
+        try:
+            return parse_memory(await asyncio.to_thread(fetch))
+        except OSError as err:
+            raise errors.Unavailable(f"cannot read Triton's metrics at {self.metrics_url}: {err}") from err

@@ -1,0 +1,258 @@
+"""The model scheduler for real: budget, LRU eviction, keep-alive, pinning, ClearMemory, ManageVRAM.
+
+Sizes come from the session adapter (the same three models, measured by their own processes);
+a second adapter then gets a budget that fits any two of them but not all three.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
+from tests.harness import RunningAdapter, start_adapter, stop_adapter
+
+MODELS = ("llm", "embedding", "image")
+
+
+def stats(stub: pb_grpc.InferenceServiceStub) -> dict[str, pb.ModelMemory]:
+    snapshot = stub.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=30).snapshot
+    return {m.model: m for m in snapshot.models}
+
+
+def loaded(stub: pb_grpc.InferenceServiceStub) -> set[str]:
+    return {name for name, m in stats(stub).items() if m.state == pb.MODEL_STATE_LOADED}
+
+
+def stub_pids(adapter: RunningAdapter, model: str) -> set[int]:
+    """The python-backend stub processes serving `model` (their command line names its model.py)."""
+    found = set()
+    for pid in adapter.child_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "triton_python_backend_stub" in cmdline and f"/{model}/1/model.py" in cmdline:
+            found.add(pid)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (an exited process its parent has not reaped yet is a zombie: gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def rss_bytes(pids: set[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def use(stub: pb_grpc.InferenceServiceStub, model: str, keep_alive_s: float | None = None) -> None:
+    keep = Duration(seconds=int(keep_alive_s)) if keep_alive_s is not None else None
+    if model == "llm":
+        request = pb.ChatStreamRequest(
+            model="llm",
+            messages=[pb.ChatMessage(role="user", content="hi")],
+            options=pb.GenerationOptions(max_tokens=2),
+            keep_alive=keep,
+        )
+        assert list(stub.ChatStream(request, timeout=120))[-1].done
+    elif model == "embedding":
+        stub.GetEmbedding(pb.GetEmbeddingRequest(model="embedding", inputs=["hi"], keep_alive=keep), timeout=120)
+    else:
+        job = stub.GenerateImage(
+            pb.GenerateImageRequest(
+                model="image", prompt="x", options=pb.ImageOptions(width=32, height=32, steps=1), keep_alive=keep
+            ),
+            timeout=120,
+        ).job_id
+        deadline = time.monotonic() + 120
+        while True:
+            status = stub.CheckImageStatus(pb.CheckImageStatusRequest(job_id=job), timeout=30)
+            if status.state == pb.JOB_STATE_SUCCEEDED:
+                return
+            assert status.state != pb.JOB_STATE_FAILED, status.error_message
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_stats_report_devices_budget_and_each_models_own_memory(stub: pb_grpc.InferenceServiceStub) -> None:
+    snapshot = stub.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=30).snapshot
+    assert snapshot.devices and snapshot.devices[0].total_bytes > snapshot.devices[0].used_bytes > 0
+    assert 0 < snapshot.budget_bytes <= snapshot.devices[0].total_bytes
+    models = {m.model: m for m in snapshot.models}
+    assert set(MODELS) <= set(models)
+    for name in MODELS:
+        model = models[name]
+        assert model.state == pb.MODEL_STATE_LOADED
+        assert model.memory_source == "metric" and model.memory_bytes > 50_000_000
+        assert model.HasField("expires_at")  # idle, unpinned: keep-alive will unload it
+
+
+@pytest.fixture(scope="module")
+def sizes(stub: pb_grpc.InferenceServiceStub) -> dict[str, int]:
+    for model in MODELS:
+        use(stub, model)  # sizes after some work, as they will be in the budgeted adapter
+    return {name: m.memory_bytes for name, m in stats(stub).items() if name in MODELS}
+
+
+@pytest.fixture(scope="module")
+def budgeted(sizes: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAdapter]:
+    pair = max(sizes[a] + sizes[b] for a in MODELS for b in MODELS if a < b)
+    total = sum(sizes.values())
+    budget = (pair + total) // 2  # any two fit with room; all three do not
+    estimates = ",".join(f"{name}={size}" for name, size in sizes.items())
+    workdir = tmp_path_factory.mktemp("budgeted")
+    running = start_adapter(
+        workdir / "adapter.log",
+        env={
+            "PRELOAD_MODELS": "",
+            "VRAM_BUDGET_BYTES": str(budget),
+            "MODEL_MEMORY_ESTIMATES": estimates,
+            "IMAGE_DIR": str(workdir / "images"),
+            # A short wait queue per model: under contention requests are refused quickly
+            # (RESOURCE_EXHAUSTED) rather than queueing behind minutes of model swaps.
+            "MODEL_MAX_LOAD_WAITERS": "4",
+        },
+    )
+    try:
+        yield running
+    finally:
+        stop_adapter(running)
+
+
+@pytest.fixture(scope="module")
+def bstub(budgeted: RunningAdapter) -> Iterator[pb_grpc.InferenceServiceStub]:
+    with grpc.insecure_channel(budgeted.address) as channel:
+        yield pb_grpc.InferenceServiceStub(channel)
+
+
+def test_a_third_model_evicts_the_least_recently_used_and_its_process_ends(
+    budgeted: RunningAdapter, bstub: pb_grpc.InferenceServiceStub
+) -> None:
+    use(bstub, "llm")
+    use(bstub, "embedding")
+    assert loaded(bstub) == {"llm", "embedding"}
+    llm_stubs = stub_pids(budgeted, "llm")
+    assert llm_stubs
+    use(bstub, "image")
+    assert loaded(bstub) == {"embedding", "image"}  # llm was the least recently used
+    assert not any(alive(pid) for pid in llm_stubs), "the evicted model's process lives on"
+
+
+def test_manage_vram_streams_see_loads_caused_by_other_clients(
+    budgeted: RunningAdapter, bstub: pb_grpc.InferenceServiceStub
+) -> None:
+    commands: queue.Queue[pb.ManageVRAMRequest | None] = queue.Queue()
+    commands.put(pb.ManageVRAMRequest(command_id="status", get_status=pb.GetStatusCommand()))
+
+    def requests() -> Iterator[pb.ManageVRAMRequest]:
+        while (command := commands.get()) is not None:
+            yield command
+
+    watchers = [bstub.ManageVRAM(requests(), timeout=120) for _ in range(1)]
+    seen: list[pb.ManageVRAMResponse] = []
+    first = next(watchers[0])
+    assert first.result.command_id == "status" and first.result.ok and first.result.snapshot.models
+
+    def collect() -> None:
+        for response in watchers[0]:
+            seen.append(response)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    use(bstub, "llm")  # another client: needs room, so embedding (LRU) is evicted
+    deadline = time.monotonic() + 30
+    while not any(r.event.model == "llm" and r.event.kind == pb.MODEL_EVENT_KIND_LOADED for r in seen):
+        assert time.monotonic() < deadline, f"no loaded event: {seen}"
+        time.sleep(0.05)
+    evicted = [r.event for r in seen if r.event.kind == pb.MODEL_EVENT_KIND_EVICTED]
+    assert [e.model for e in evicted] == ["embedding"] and "llm" in evicted[0].reason
+
+    commands.put(pb.ManageVRAMRequest(command_id="bad", load=pb.LoadModelCommand(model="no-such-model")))
+    commands.put(pb.ManageVRAMRequest(command_id="pin", pin=pb.PinModelCommand(model="llm")))
+    deadline = time.monotonic() + 30
+    while not {"bad", "pin"} <= {r.result.command_id for r in seen}:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.05)
+    results = {r.result.command_id: r.result for r in seen if r.HasField("result")}
+    assert not results["bad"].ok and results["bad"].error_code == "NOT_FOUND"
+    assert results["pin"].ok  # the stream stayed open after the bad command
+    commands.put(None)
+    reader.join(10)
+
+
+def test_a_pinned_model_survives_clear_memory_and_the_freed_memory_is_what_the_processes_held(
+    budgeted: RunningAdapter, bstub: pb_grpc.InferenceServiceStub
+) -> None:
+    # llm is pinned by the previous test; image is loaded and idle.
+    assert stats(bstub)["llm"].pinned
+    image_stubs = stub_pids(budgeted, "image")
+    held = rss_bytes(image_stubs)
+    result = bstub.ClearMemory(pb.ClearMemoryRequest(), timeout=120)
+    assert "image" in result.unloaded_models and "llm" not in result.unloaded_models
+    assert any(s.startswith("llm") and "pinned" in s for s in result.skipped_models)
+    assert loaded(bstub) == {"llm"}
+    assert not any(alive(pid) for pid in image_stubs)
+    assert abs(result.freed_bytes - held) < 0.25 * held, (result.freed_bytes, held)
+    result = bstub.ClearMemory(pb.ClearMemoryRequest(include_pinned=True), timeout=120)
+    assert result.unloaded_models == ["llm"] and loaded(bstub) == set()
+
+
+def test_keep_alive_zero_unloads_the_model_right_after_the_request(bstub: pb_grpc.InferenceServiceStub) -> None:
+    use(bstub, "embedding", keep_alive_s=0)
+    deadline = time.monotonic() + 30
+    while stats(bstub)["embedding"].state != pb.MODEL_STATE_UNLOADED:
+        assert time.monotonic() < deadline, "keep-alive 0 did not unload the model"
+        time.sleep(0.1)
+
+
+def test_a_model_busy_with_a_long_stream_is_not_evicted(bstub: pb_grpc.InferenceServiceStub) -> None:
+    use(bstub, "llm")
+    use(bstub, "embedding")  # both loaded; llm is the least recently used
+    stream = bstub.ChatStream(
+        pb.ChatStreamRequest(
+            model="llm",
+            messages=[pb.ChatMessage(role="user", content="x")],
+            options=pb.GenerationOptions(max_tokens=3000),
+        ),
+        timeout=120,
+    )
+    next(stream)  # llm is now busy
+    try:
+        use(bstub, "image")  # needs room: embedding must go, not the busy llm
+        assert loaded(bstub) == {"llm", "image"}
+    finally:
+        stream.cancel()
+
+
+def test_the_adapter_publishes_rpc_and_model_metrics(
+    stub: pb_grpc.InferenceServiceStub, adapter: RunningAdapter
+) -> None:
+    from tests.integration.triton_direct import metric_total
+
+    use(stub, "llm")
+    with pytest.raises(grpc.RpcError):
+        list(stub.ChatStream(pb.ChatStreamRequest(model="llm"), timeout=30))
+    assert metric_total(adapter.metrics_url, "adapter_rpc_requests_total", method="ChatStream", code="OK") >= 1
+    assert (
+        metric_total(adapter.metrics_url, "adapter_rpc_requests_total", method="ChatStream", code="INVALID_ARGUMENT")
+        >= 1
+    )
+    assert metric_total(adapter.metrics_url, "adapter_model_loads_total", model="llm") >= 1
+    assert metric_total(adapter.metrics_url, "adapter_memory_budget_bytes") > 0
