@@ -119,31 +119,13 @@ func (c *Client) Chat(ctx context.Context, req *ChatRequest, fn ChatFunc) (*Chat
 	if req == nil {
 		return nil, errors.New("maistro: nil ChatRequest")
 	}
-	var (
-		res  ChatResult
-		text strings.Builder
-	)
 	open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.ChatStreamResponse], error) {
 		return c.rpc.ChatStream(ctx, req.toProto())
 	}
-	err := streamCall(ctx, c, open, func(m *pb.ChatStreamResponse) (bool, error) {
-		chunk := chatChunkFromProto(m)
-		text.WriteString(chunk.Delta)
-		res.Model = chunk.Model
-		if chunk.Done {
-			res.FinishReason, res.Usage, res.Timings = chunk.FinishReason, chunk.Usage, chunk.Timings
-		}
-		if fn != nil {
-			if err := fn(chunk); err != nil {
-				return false, err
-			}
-		}
-		return chunk.Done, nil
-	})
+	res, err := textStream(ctx, c, open, fn)
 	if err != nil {
 		return nil, err
 	}
-	res.Text = text.String()
 	return &res, nil
 }
 
@@ -154,15 +136,37 @@ func (c *Client) Generate(ctx context.Context, req *GenerateRequest, fn Generate
 	if req == nil {
 		return nil, errors.New("maistro: nil GenerateRequest")
 	}
-	var (
-		res  GenerateResult
-		text strings.Builder
-	)
 	open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.GenerateStreamResponse], error) {
 		return c.rpc.GenerateStream(ctx, req.toProto())
 	}
-	err := streamCall(ctx, c, open, func(m *pb.GenerateStreamResponse) (bool, error) {
-		chunk := generateChunkFromProto(m)
+	var each func(ChatChunk) error
+	if fn != nil {
+		each = func(chunk ChatChunk) error { return fn(GenerateChunk(chunk)) }
+	}
+	res, err := textStream(ctx, c, open, each)
+	if err != nil {
+		return nil, err
+	}
+	result := GenerateResult(res)
+	return &result, nil
+}
+
+// textStream runs a ChatStream or GenerateStream call (their messages have the same fields):
+// each message becomes a chunk handed to fn (which may be nil); the result joins the deltas and
+// takes finish reason, usage and timings from the last chunk.
+func textStream[R any, PR interface {
+	*R
+	streamMessage
+}](ctx context.Context, c *Client,
+	open func(context.Context) (grpc.ServerStreamingClient[R], error),
+	fn func(ChatChunk) error,
+) (ChatResult, error) {
+	var (
+		res  ChatResult
+		text strings.Builder
+	)
+	err := streamCall(ctx, c, open, func(m *R) (bool, error) {
+		chunk := chatChunkFromProto(PR(m))
 		text.WriteString(chunk.Delta)
 		res.Model = chunk.Model
 		if chunk.Done {
@@ -175,11 +179,8 @@ func (c *Client) Generate(ctx context.Context, req *GenerateRequest, fn Generate
 		}
 		return chunk.Done, nil
 	})
-	if err != nil {
-		return nil, err
-	}
 	res.Text = text.String()
-	return &res, nil
+	return res, err
 }
 
 // Embed returns one vector per input of req, in input order, in a single unary call.

@@ -344,7 +344,3 @@ func chatChunkFromProto(m streamMessage) ChatChunk {
 		Timings:      timingsFromProto(m.GetTimings()),
 	}
 }
-
-func generateChunkFromProto(m streamMessage) GenerateChunk {
-	return GenerateChunk(chatChunkFromProto(m))
-}
