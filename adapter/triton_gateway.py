@@ -215,10 +215,7 @@ class TritonGateway:
         try:
             response = await self._stub.ModelInfer(request)
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                self.forget(model)
-                raise errors.Unavailable(f"model {model!r} was unloaded while the request started; retry it") from err
-            raise errors.from_triton(err, f"embedding with {model!r}") from err
+            raise self._inference_error(err, model, f"embedding with {model!r}") from err
         raw = {out.name: (tuple(out.shape), response.raw_output_contents[i]) for i, out in enumerate(response.outputs)}
         try:
             (vector_shape, vectors), (_, counts), (_, truncated) = (
@@ -286,13 +283,18 @@ class TritonGateway:
             code = errors.triton_status(err)
             if code is None:
                 raise
-            if code == errors.Code.NOT_FOUND:
-                self.forget(model)
-                raise errors.Unavailable(f"model {model!r} was unloaded while the request started; retry it") from err
-            raise errors.from_triton(err, f"streaming from {model!r}") from err
+            raise self._inference_error(err, model, f"streaming from {model!r}") from err
         finally:
             if not final_seen:
                 responses.cancel()
+
+    def _inference_error(self, err: BaseException, model: str, doing: str) -> errors.AdapterError:
+        """An inference failure as our error. NOT_FOUND means Triton unloaded the model behind our
+        back (the scheduler holds it loaded otherwise): retryable, and our cache of it is stale."""
+        if errors.triton_status(err) == errors.Code.NOT_FOUND:
+            self.forget(model)
+            return errors.Unavailable(f"model {model!r} was unloaded while the request started; retry it")
+        return errors.from_triton(err, doing)
 
     def forget(self, model: str) -> None:
         """Drops what we cached about a model (it was unloaded or reloaded)."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from model_runtime.json_values import finite_number
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 PARAMETER_KEYS = ("width", "height", "steps", "guidance_scale", "seed", "num_images", "strength")
@@ -103,17 +104,7 @@ def _integer(raw: dict[str, Any], key: str) -> int | None:
 
 def _number(raw: dict[str, Any], key: str) -> float | None:
     value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidImageRequest(f"parameter {key!r} must be a number, got {value!r}")
-    try:
-        number = float(value)  # a JSON integer may be too large for a float
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise InvalidImageRequest(f"parameter {key!r} must be a finite number, got {str(value)[:40]}")
-    return number
+    return None if value is None else finite_number(value, f"parameter {key!r}", InvalidImageRequest)
 
 
 def _check_size(key: str, value: int, limit: int) -> int:

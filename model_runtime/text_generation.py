@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
+from model_runtime.json_values import finite_number
+
 MAX_STOP_SEQUENCES = 16
 VALID_ROLES = ("system", "user", "assistant")
 
@@ -40,18 +42,7 @@ class SamplingParams:
 
 def _number(raw: dict[str, Any], key: str, default: float) -> float:
     value = raw.get(key, default)
-    if value is None:
-        return default
-    # bool is an int in Python; "temperature": true is a client bug, not 1.0.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"sampling parameter {key!r} must be a finite number, got {value!r}")
-    try:
-        number = float(value)  # a JSON integer may be too large for a float
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise InvalidRequest(f"sampling parameter {key!r} must be a finite number, got {str(value)[:40]}")
-    return number
+    return default if value is None else finite_number(value, f"sampling parameter {key!r}", InvalidRequest)
 
 
 def _integer(raw: dict[str, Any], key: str, default: int | None) -> int | None:
