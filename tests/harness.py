@@ -15,6 +15,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
+TEST_MODELS = REPO / "tests" / "model_repository"
+
+
+def compose_model_repository(dest: Path) -> Path:
+    """A model repository with the served models plus the test-only ones (symlinked, not copied)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for source in (REPO / "model_repository", TEST_MODELS):
+        for model in source.iterdir():
+            if (model / "config.pbtxt").is_file() and not (dest / model.name).exists():
+                (dest / model.name).symlink_to(model)
+    return dest
 
 
 def free_port() -> int:
@@ -58,10 +69,17 @@ class RunningAdapter:
         return found
 
 
-def start_adapter(log_path: Path, env: dict[str, str] | None = None, wait_s: float = 240) -> RunningAdapter:
+def start_adapter(
+    log_path: Path, env: dict[str, str] | None = None, wait_s: float = 240, test_models: bool = False
+) -> RunningAdapter:
+    """`test_models`: serve tests/model_repository's models too (a composed repository next to the log)."""
     port, triton_port, metrics_port, adapter_metrics_port = free_port(), free_port(), free_port(), free_port()
+    repository = {}
+    if test_models:
+        repository["MODEL_REPOSITORY"] = str(compose_model_repository(log_path.parent / "model_repository"))
     full_env = {
         **os.environ,
+        **repository,
         "GRPC_HOST": "127.0.0.1",
         "GRPC_PORT": str(port),
         "EMBEDDED_TRITON_GRPC_PORT": str(triton_port),
