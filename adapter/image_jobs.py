@@ -29,6 +29,7 @@ class _LiveJob:
     state: str = "queued"
     step: int = 0
     total_steps: int = 0
+    started: bool = False  # reached the model: no longer counted as queued work for it
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class ImageJobService:
         record = JobRecord(job_id, spec.kind, spec.model, "queued", 0, 0, "", [], created, None)
         job = _LiveJob(spec=spec, record=record)
         self._live[job_id] = job
+        self._scheduler.add_queued(spec.model, 1)  # queued jobs keep their model from eviction
         self._queue.put_nowait(job)
         return job_id
 
@@ -109,6 +111,8 @@ class ImageJobService:
             try:
                 await self._run(job)
             finally:
+                if not job.started:  # failed or cancelled before it reached the model
+                    self._scheduler.add_queued(job.spec.model, -1)
                 self._live.pop(job.record.id, None)
 
     async def _run(self, job: _LiveJob) -> None:
@@ -117,6 +121,9 @@ class ImageJobService:
         await self._store.mark_running(job_id)
         try:
             pngs: list[bytes] | None = None
+            # No await between these two: a loaded model is claimed before anything can evict it.
+            job.started = True
+            self._scheduler.add_queued(spec.model, -1)
             async with self._scheduler.use(spec.model, spec.keep_alive):
                 async for progress in self._gateway.stream_image(
                     spec.model, spec.prompt, spec.negative_prompt, spec.parameters, spec.image, spec.mask

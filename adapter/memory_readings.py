@@ -62,6 +62,21 @@ def parse_memory(text: str) -> MemoryReading:
     return MemoryReading(devices=devices, models=models)
 
 
+def freed_bytes(before: MemoryReading | None, after: MemoryReading | None, unloaded: dict[str, int]) -> int:
+    """Memory an unload gave back, measured. On GPUs: the devices' drop in use (only Triton's models
+    use them). On the host, whose memory every process shares, that drop is noise: the figure is
+    what each unloaded model's process reported holding just before (`before.models`), which goes
+    back to the system when the process exits. `unloaded` maps each model to the scheduler's figure,
+    used when a model reported nothing."""
+    if not unloaded:
+        return 0
+    on_gpu = before is not None and any(d.device.startswith("gpu:") for d in before.devices)
+    if on_gpu and before is not None and after is not None and before.used_bytes > after.used_bytes:
+        return before.used_bytes - after.used_bytes
+    reported = before.models if before is not None else {}
+    return sum(reported.get(model, figure) for model, figure in unloaded.items())
+
+
 class TritonMemoryProbe:
     """Reads Triton's metrics endpoint (in a thread: urllib blocks)."""
 

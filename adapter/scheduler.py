@@ -60,7 +60,8 @@ class ModelSlot:
     memory_source: str = "declared"  # declared | measured | metric
     pinned: bool = False
     in_flight: int = 0
-    waiting: int = 0
+    waiting: int = 0  # requests waiting for this model to load
+    queued: int = 0  # accepted work not started yet (image jobs in their queue)
     last_used: float = 0.0  # scheduler clock
     last_used_wall: float = 0.0
     keep_alive_s: float | None = 300.0  # None: forever
@@ -68,6 +69,15 @@ class ModelSlot:
     load_task: asyncio.Task[None] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set on every state/in-flight change
     observer: Callable[[ModelSlot], None] | None = None  # told of every change (metrics)
+
+    @property
+    def busy(self) -> bool:
+        """Requests in flight, waiting for it, or queued for it: such a model is never evicted or
+        expired (evicting a model its waiters have just loaded is how swaps turn into thrashing)."""
+        return bool(self.in_flight or self.waiting or self.queued)
+
+    def describe_work(self) -> str:
+        return f"busy: {self.in_flight} in flight, {self.waiting} waiting, {self.queued} queued"
 
     def touch(self) -> None:
         self.changed.set()
@@ -197,7 +207,7 @@ class Scheduler:
             slot.in_flight -= 1
             slot.last_used, slot.last_used_wall = self._clock(), self._wall()
             slot.touch()
-            if slot.in_flight == 0 and slot.keep_alive_s == 0 and not slot.pinned:
+            if not slot.busy and slot.keep_alive_s == 0 and not slot.pinned:
                 asyncio.get_running_loop().create_task(
                     self._unload_quietly(slot, "keep-alive 0: unloaded after the request")
                 )
@@ -269,7 +279,7 @@ class Scheduler:
         idle = [
             s
             for s in self._slots.values()
-            if s.state == LOADED and s.in_flight == 0 and not s.pinned and s.name != slot.name
+            if s.state == LOADED and not s.busy and not s.pinned and s.name != slot.name
         ]
         for victim in sorted(idle, key=lambda s: s.last_used):
             await self._unload(victim, f"evicted to make room for {slot.name}", kind="evicted")
@@ -313,7 +323,7 @@ class Scheduler:
     async def _unload_quietly(self, slot: ModelSlot, reason: str) -> None:
         try:
             async with self._budget_lock:
-                if slot.state == LOADED and slot.in_flight == 0:
+                if slot.state == LOADED and not slot.busy:
                     await self._unload(slot, reason)
         except errors.AdapterError as err:
             log.error("could not unload %s: %s", slot.name, err.message)
@@ -346,6 +356,12 @@ class Scheduler:
             await self._unload(slot, reason)
         return True
 
+    def add_queued(self, model: str, count: int) -> None:
+        """Counts work accepted for a model (+1) or started (-1); the model must have a slot."""
+        slot = self._slots[model]
+        slot.queued += count
+        slot.touch()
+
     async def pin(self, model: str, pinned: bool = True) -> None:
         slot = await self.slot(model)
         slot.pinned = pinned
@@ -366,22 +382,22 @@ class Scheduler:
             if slot.pinned and not include_pinned:
                 skipped.append(f"{slot.name} (pinned)")
                 continue
-            if slot.in_flight > 0 and wait_for_idle_s <= 0:
-                skipped.append(f"{slot.name} (busy: {slot.in_flight} in flight)")
+            if slot.busy and wait_for_idle_s <= 0:
+                skipped.append(f"{slot.name} ({slot.describe_work()})")
                 continue
             try:
                 if await self.unload(slot.name, "ClearMemory", wait_s=wait_for_idle_s):
                     unloaded.append(slot.name)
                     freed += slot.memory_bytes
             except errors.FailedPrecondition:
-                skipped.append(f"{slot.name} (busy: {slot.in_flight} in flight)")
+                skipped.append(f"{slot.name} ({slot.describe_work()})")
         return ClearResult(unloaded, skipped, freed)
 
     # ---- keep-alive ------------------------------------------------------------------------
 
     def expires_at(self, slot: ModelSlot) -> float | None:
         """Scheduler-clock time at which keep-alive unloads the model if it stays idle."""
-        if slot.state != LOADED or slot.pinned or slot.keep_alive_s is None or slot.in_flight:
+        if slot.state != LOADED or slot.pinned or slot.keep_alive_s is None or slot.busy:
             return None
         return slot.last_used + slot.keep_alive_s
 

@@ -7,6 +7,7 @@ this object keeps every family it made.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from model_runtime.model_config import process_memory_bytes
@@ -17,6 +18,7 @@ class ModelMetrics:
         self._pb_utils = pb_utils
         self._families: dict[str, Any] = {}
         self.labels = {"model": model_name}
+        self._published_at = 0.0
         self._memory = self.gauge(
             "model_memory_bytes", "Memory held by the model's process (CUDA reserved, or resident on CPU)"
         )
@@ -34,6 +36,11 @@ class ModelMetrics:
         family = self._family(name, description, self._pb_utils.MetricFamily.GAUGE)
         return family.Metric(labels={**self.labels, **labels})
 
-    def publish_memory(self) -> None:
-        """Sets model_memory_bytes{model} from this process (the adapter reads it per model)."""
+    def publish_memory(self, at_most_every_s: float = 0.0) -> None:
+        """Sets model_memory_bytes{model} from this process (the adapter reads it per model);
+        skipped when the last update is more recent than at_most_every_s (hot paths)."""
+        now = time.monotonic()
+        if at_most_every_s and now - self._published_at < at_most_every_s:
+            return
+        self._published_at = now
         self._memory.set(process_memory_bytes())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -55,9 +56,9 @@ def pick_device() -> Any:
 
 def process_memory_bytes() -> int:
     """The memory this model holds: reserved CUDA memory on a GPU, else the process's resident set."""
-    import torch
-
-    if torch.cuda.is_available():
+    # A model that never imported torch holds no CUDA memory (and should not pay torch's import).
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
         return int(torch.cuda.memory_reserved())
     with open("/proc/self/statm", encoding="ascii") as statm:
         resident_pages = int(statm.read().split()[1])

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from adapter import errors
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.memory_readings import MemoryReading, freed_bytes
 from adapter.scheduler import MemoryProbe, Scheduler, SchedulerEvent
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,22 @@ class MemoryService:
         wait_s = request.wait_for_idle.ToTimedelta().total_seconds() if request.HasField("wait_for_idle") else 0.0
         if wait_s < 0:
             raise errors.InvalidArgument("wait_for_idle must not be negative")
+        before = await self._reading_or_none()
         result = await self._scheduler.clear(request.include_pinned, wait_s)
+        after = await self._reading_or_none() if result.unloaded else None
+        figures = {slot.name: slot.memory_bytes for slot in self._scheduler.slots() if slot.name in result.unloaded}
         return pb.ClearMemoryResponse(
-            unloaded_models=result.unloaded, skipped_models=result.skipped, freed_bytes=result.freed_bytes
+            unloaded_models=result.unloaded,
+            skipped_models=result.skipped,
+            freed_bytes=freed_bytes(before, after, figures),
         )
+
+    async def _reading_or_none(self) -> MemoryReading | None:
+        try:
+            return await self._probe.read()
+        except errors.AdapterError as err:
+            log.warning("no memory reading for ClearMemory: %s", err.message)
+            return None
 
     # ---- ManageVRAM ------------------------------------------------------------------------
 

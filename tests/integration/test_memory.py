@@ -21,6 +21,8 @@ from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
 from tests.harness import RunningAdapter, start_adapter, stop_adapter
 
 MODELS = ("llm", "embedding", "image")
+# States in which a model counts against the budget.
+HOLDING = (pb.MODEL_STATE_LOADED, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_UNLOADING)
 
 
 def stats(stub: pb_grpc.InferenceServiceStub) -> dict[str, pb.ModelMemory]:
@@ -256,3 +258,65 @@ def test_the_adapter_publishes_rpc_and_model_metrics(
     )
     assert metric_total(adapter.metrics_url, "adapter_model_loads_total", model="llm") >= 1
     assert metric_total(adapter.metrics_url, "adapter_memory_budget_bytes") > 0
+
+
+def test_200_concurrent_requests_across_three_models_never_pass_a_budget_for_two(
+    bstub: pb_grpc.InferenceServiceStub,
+) -> None:
+    budget = bstub.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=30).snapshot.budget_bytes
+    violations: list[str] = []
+    samples = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        # Throughout the run: what the scheduler holds never passes the budget, and a model with
+        # requests in flight is never being unloaded.
+        nonlocal samples
+        while not done.is_set():
+            models = stats(bstub).values()
+            held = sum(m.memory_bytes for m in models if m.state in HOLDING)
+            if held > budget:
+                violations.append(f"{held} bytes held > budget {budget}: {[(m.model, m.state) for m in models]}")
+            violations.extend(
+                f"{m.model} unloading with {m.in_flight} in flight"
+                for m in models
+                if m.in_flight and m.state in (pb.MODEL_STATE_UNLOADING, pb.MODEL_STATE_UNLOADED)
+            )
+            samples += 1
+            time.sleep(0.02)
+
+    outcomes: list[str] = []
+    start = threading.Barrier(200)
+
+    def one(index: int) -> None:
+        model = MODELS[index % 3]
+        start.wait()
+        try:
+            use(bstub, model)
+            outcomes.append("OK")
+        except grpc.RpcError as err:
+            outcomes.append(f"{err.code().name}: {err.details()}")
+        except AssertionError as err:  # an image job that failed: the budget must be the reason
+            outcomes.append(f"JOB FAILED: {err}")
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    workers = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(200)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(300)
+    done.set()
+    sampler.join(10)
+
+    assert len(outcomes) == 200, "some requests never finished"
+    assert not violations, violations[:5]
+    assert samples > 20
+    refused = [o for o in outcomes if o != "OK"]
+    unexpected = [
+        o
+        for o in refused
+        if not o.startswith("RESOURCE_EXHAUSTED") and not (o.startswith("JOB FAILED") and "budget" in o)
+    ]
+    assert not unexpected, unexpected[:5]
+    assert outcomes.count("OK") >= 3, "the scheduler served almost nothing"

@@ -252,3 +252,39 @@ async def test_under_random_load_the_budget_is_never_passed() -> None:
 
     await asyncio.gather(*(request(i) for i in range(200)))
     assert triton.peak_used <= 250
+
+
+async def test_a_model_its_waiters_just_loaded_is_not_evicted_before_they_use_it() -> None:
+    # Budget for one: requests for a and b arrive together. Without the rule, b's load evicts a
+    # the moment it is loaded (its waiters have not run yet), and the waiters of a reload it,
+    # evicting b: the swaps never end. With it, b is refused and a's requests are served.
+    scheduler, triton, _, _ = make(budget=150, load_delay=0.01)
+
+    async def request(model: str) -> str:
+        try:
+            async with scheduler.use(model):
+                await asyncio.sleep(0)
+            return "ok"
+        except errors.ResourceExhausted:
+            return "refused"
+
+    outcomes = await asyncio.wait_for(asyncio.gather(*(request(m) for m in "abababab")), 5)
+    assert outcomes.count("ok") >= 4
+    assert len(triton.loads) <= 2, triton.loads
+    assert set(outcomes) <= {"ok", "refused"}
+
+
+async def test_queued_work_keeps_its_model_from_eviction_keep_alive_and_clear() -> None:
+    scheduler, triton, clock, _ = make(budget=250, default_keep_alive_s=10)
+    await use_once(scheduler, clock, "a")
+    await use_once(scheduler, clock, "b")
+    scheduler.add_queued("a", 1)  # e.g. an image job waiting for its turn
+    clock.now += 60
+    assert await scheduler.expire_idle() == ["b"]  # a's keep-alive ran out too, but work waits for it
+    await use_once(scheduler, clock, "b")
+    await use_once(scheduler, clock, "c")  # a is the least recently used, but b is the idle one
+    assert triton.loaded == {"a", "c"} and "a" not in triton.unloads
+    result = await scheduler.clear(include_pinned=False, wait_for_idle_s=0)
+    assert result.unloaded == ["c"] and result.skipped == ["a (busy: 0 in flight, 0 waiting, 1 queued)"]
+    scheduler.add_queued("a", -1)
+    assert (await scheduler.clear(include_pinned=False, wait_for_idle_s=0)).unloaded == ["a"]

@@ -78,6 +78,7 @@ class TritonPythonModel:
                     ]
                 )
             )
+        self.metrics.publish_memory(at_most_every_s=1.0)
         return responses
 
     @staticmethod

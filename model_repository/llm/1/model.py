@@ -102,6 +102,7 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
         finally:
             self.active.increment(-1)
+            self.metrics.publish_memory()  # what a generation grew is what an unload gives back
 
     def _parse(self, request: Any) -> tuple[torch.Tensor, SamplingParams, bool]:
         params = parse_sampling_parameters(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters
 from model_runtime.text_generation import InvalidRequest, parse_sampling_parameters
 
@@ -49,6 +50,8 @@ class TritonPythonModel:
         self.default_max_tokens = params.integer("default_max_tokens", 16, minimum=1)
         self.chunk_bytes = int(params.string("chunk_bytes", "8", env="CHUNK_COUNTER_CHUNK_BYTES"))
         self.interval_s = int(params.string("chunk_interval_ms", "0", env="CHUNK_COUNTER_INTERVAL_MS")) / 1000
+        self.metrics = ModelMetrics(pb_utils, args["model_name"])
+        self.metrics.publish_memory()  # its own memory, like the served models (no torch here)
 
     async def execute(self, requests: list[Any]) -> None:
         await asyncio.gather(*(self._serve(request) for request in requests))
