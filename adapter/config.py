@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,6 +37,20 @@ class Settings:
     grpc_max_workers: int = 10
     grpc_max_message_size: int = 100 * 1024 * 1024
     grpc_enable_reflection: bool = True
+    grpc_max_concurrent_rpcs: int = 100  # beyond it, calls get RESOURCE_EXHAUSTED
+    # Auth: keys are never printed (repr=False) or logged.
+    grpc_require_api_key: bool = False
+    grpc_api_key: str = field(default="", repr=False)
+    grpc_admin_api_key: str = field(default="", repr=False)  # set: ManageVRAM and ClearMemory need it
+    # TLS, and mutual TLS when a client CA is given.
+    grpc_use_tls: bool = False
+    grpc_cert_file: Path = Path("/etc/inference/certs/server.crt")
+    grpc_key_file: Path = Path("/etc/inference/certs/server.key")
+    grpc_client_ca_file: Path | None = None
+    # SIGTERM/SIGINT: running calls get this long to finish before they are cancelled.
+    shutdown_grace_s: float = 10.0
+    # How often the health watcher asks Triton whether it is ready.
+    triton_health_interval_s: float = 1.0
     # The adapter's own Prometheus metrics (Triton's are on its own port).
     metrics_port: int = 9464
     # Triton: an external server at triton_url, or an embedded one when it is empty.
@@ -164,6 +178,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(text)
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -218,6 +239,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         grpc_enable_reflection=_parse(
             env, "GRPC_ENABLE_REFLECTION", d.grpc_enable_reflection, _boolean, "true or false"
+        ),
+        grpc_max_concurrent_rpcs=_parse(
+            env, "GRPC_MAX_CONCURRENT_RPCS", d.grpc_max_concurrent_rpcs, _positive_int, "a positive integer"
+        ),
+        grpc_require_api_key=_parse(env, "GRPC_REQUIRE_API_KEY", d.grpc_require_api_key, _boolean, "true or false"),
+        grpc_api_key=env.get("GRPC_API_KEY", "").strip(),
+        grpc_admin_api_key=env.get("GRPC_ADMIN_API_KEY", "").strip(),
+        grpc_use_tls=_parse(env, "GRPC_USE_TLS", d.grpc_use_tls, _boolean, "true or false"),
+        grpc_cert_file=_parse(env, "GRPC_CERT_FILE", d.grpc_cert_file, Path, "a file"),
+        grpc_key_file=_parse(env, "GRPC_KEY_FILE", d.grpc_key_file, Path, "a file"),
+        grpc_client_ca_file=_parse(env, "GRPC_CLIENT_CA_FILE", None, Path, "a file"),
+        shutdown_grace_s=_parse(env, "SHUTDOWN_GRACE_SECONDS", d.shutdown_grace_s, _non_negative_float, "seconds >= 0"),
+        triton_health_interval_s=_parse(
+            env, "TRITON_HEALTH_INTERVAL_SECONDS", d.triton_health_interval_s, _positive_float, "seconds > 0"
         ),
         metrics_port=_parse(
             env, "METRICS_PORT", d.metrics_port, _port(allow_zero=True), "a port number (0 picks a free one)"
@@ -288,6 +323,30 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     if settings.embedded and not settings.model_repository.is_dir():
         raise ConfigError(f"MODEL_REPOSITORY={str(settings.model_repository)!r} is not a folder")
+    _check_security(settings)
     if settings.triton_url and "://" in settings.triton_url:
         raise ConfigError(f"TRITON_URL={settings.triton_url!r} must be host:port (Triton's gRPC endpoint), no scheme")
     return settings
+
+
+def _check_security(settings: Settings) -> None:
+    """Refuses settings that would silently serve less securely than asked."""
+    if settings.grpc_require_api_key and not settings.grpc_api_key:
+        raise ConfigError("GRPC_REQUIRE_API_KEY=true but GRPC_API_KEY is empty: set the key clients must send")
+    if settings.grpc_api_key and settings.grpc_api_key == settings.grpc_admin_api_key:
+        raise ConfigError("GRPC_ADMIN_API_KEY must differ from GRPC_API_KEY (the admin key guards more)")
+    if settings.grpc_use_tls:
+        for name, path in (("GRPC_CERT_FILE", settings.grpc_cert_file), ("GRPC_KEY_FILE", settings.grpc_key_file)):
+            _readable(name, path)
+    if settings.grpc_client_ca_file is not None:
+        if not settings.grpc_use_tls:
+            raise ConfigError("GRPC_CLIENT_CA_FILE is set but GRPC_USE_TLS is false: mutual TLS needs TLS")
+        _readable("GRPC_CLIENT_CA_FILE", settings.grpc_client_ca_file)
+
+
+def _readable(name: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{name}={str(path)!r} cannot be read: {err.strerror}") from None

@@ -110,7 +110,8 @@ def clean_stale_shared_memory() -> None:
 
 
 class EmbeddedTriton:
-    """One tritonserver child process: start, wait until ready, forward its log, stop."""
+    """One tritonserver child process: start, wait until ready, forward its log, restart it (same
+    ports) if it dies, stop."""
 
     def __init__(self, options: EmbeddedTritonOptions) -> None:
         self.options = options
@@ -121,6 +122,9 @@ class EmbeddedTriton:
         self._log_task: asyncio.Task[None] | None = None
         self._recent_log: deque[str] = deque(maxlen=40)
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{id(self) & 0xFFFF:x}_"
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self.restarts = 0
 
     @property
     def grpc_url(self) -> str:
@@ -154,6 +158,39 @@ class EmbeddedTriton:
 
     async def start(self) -> None:
         clean_stale_shared_memory()
+        await self._launch()
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Restarts a tritonserver that died (killed, crashed) on the same ports, with backoff.
+        What it had loaded is gone: the adapter's health watcher tells the scheduler."""
+        backoff_s = 1.0
+        while not self._stopping:
+            process = self._process
+            if process is None:
+                return
+            code = await process.wait()
+            if self._stopping:
+                return
+            log.error(
+                "embedded tritonserver exited unexpectedly (code %s); its last lines:\n%s",
+                code,
+                "\n".join(self._recent_log),
+            )
+            await self._reap()
+            while not self._stopping:
+                await asyncio.sleep(backoff_s)
+                try:
+                    await self._launch()
+                    self.restarts += 1
+                    log.info("embedded tritonserver restarted (pid %s)", self.pid)
+                    backoff_s = 1.0
+                    break
+                except EmbeddedTritonError as err:
+                    log.error("restarting tritonserver failed: %s", err)
+                    backoff_s = min(backoff_s * 2, 30.0)
+
+    async def _launch(self) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix="embedded-triton-"))
         backend_dir = _prepare_backend_dir(self._workdir / "backends")
         binary = _pytriton_dir() / "bin" / "tritonserver"
@@ -211,14 +248,23 @@ class EmbeddedTriton:
                 await asyncio.sleep(0.1)
         finally:
             await client.close()
-        await self.stop()
+        await self._terminate()
         raise EmbeddedTritonError(
             f"tritonserver not ready after {self.options.startup_timeout_s:.0f}s; its last lines:\n"
             + "\n".join(self._recent_log)
         )
 
     async def stop(self) -> None:
-        """SIGTERM (Triton drains in-flight requests), then SIGKILL the whole group if it lingers."""
+        """Stops supervising, then SIGTERM (Triton drains in-flight requests), then SIGKILL the whole
+        group if it lingers."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._terminate()
+
+    async def _terminate(self) -> None:
         process = self._process
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -227,6 +273,11 @@ class EmbeddedTriton:
                 await asyncio.wait_for(process.wait(), self.options.exit_timeout_s + 5)
             except TimeoutError:
                 log.warning("tritonserver did not exit after SIGTERM; killing its process group")
+        await self._reap()
+
+    async def _reap(self) -> None:
+        """After the server exited: no stub of its group may live on; its files go."""
+        process = self._process
         if process is not None:
             # Stubs are in the server's process group; none may outlive it.
             with contextlib.suppress(ProcessLookupError, PermissionError):

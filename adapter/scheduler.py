@@ -33,6 +33,9 @@ UNLOADED, LOADING, LOADED, UNLOADING, FAILED = "unloaded", "loading", "loaded", 
 
 class ModelControl(Protocol):
     async def model_names(self) -> list[str]: ...
+    async def repository_index(self) -> dict[str, tuple[str, str]]:
+        """name -> (state, reason) as Triton's repository index shows them."""
+
     async def load(self, model: str) -> None: ...
     async def unload(self, model: str) -> None:
         """Returns once Triton's repository index no longer shows the model READY."""
@@ -277,9 +280,7 @@ class Scheduler:
         if need <= free:
             return
         idle = [
-            s
-            for s in self._slots.values()
-            if s.state == LOADED and not s.busy and not s.pinned and s.name != slot.name
+            s for s in self._slots.values() if s.state == LOADED and not s.busy and not s.pinned and s.name != slot.name
         ]
         for victim in sorted(idle, key=lambda s: s.last_used):
             await self._unload(victim, f"evicted to make room for {slot.name}", kind="evicted")
@@ -392,6 +393,32 @@ class Scheduler:
             except errors.FailedPrecondition:
                 skipped.append(f"{slot.name} ({slot.describe_work()})")
         return ClearResult(unloaded, skipped, freed)
+
+    # ---- Triton's own view ----------------------------------------------------------------------
+
+    async def resync(self) -> list[str]:
+        """After Triton came back (a restart loads nothing): every model we hold as loaded that
+        Triton no longer shows READY becomes unloaded; returns those models. Requests load them
+        again on demand."""
+        index = await self._control.repository_index()
+        lost = []
+        async with self._budget_lock:
+            for slot in self.slots():
+                if slot.state == LOADED and index.get(slot.name, ("", ""))[0] != "READY":
+                    self._lost(slot, "Triton no longer has it loaded (restarted?)")
+                    lost.append(slot.name)
+        return lost
+
+    def model_missing(self, model: str) -> None:
+        """Triton answered NOT_FOUND for a model we hold as loaded: it lost it behind our back."""
+        slot = self._slots.get(model)
+        if slot is not None and slot.state == LOADED:
+            self._lost(slot, "Triton reported it not loaded")
+
+    def _lost(self, slot: ModelSlot, reason: str) -> None:
+        slot.state = UNLOADED
+        slot.touch()
+        self._emit(slot, "unloaded", reason)
 
     # ---- keep-alive ------------------------------------------------------------------------
 

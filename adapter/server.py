@@ -12,7 +12,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from adapter.auth import ApiKeyInterceptor, ApiKeyPolicy
 from adapter.config import Settings
+from adapter.draining import CallTracker
 from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
@@ -27,11 +29,11 @@ from adapter.services.images import ImageService
 from adapter.services.memory import MemoryService
 from adapter.services.text_generation import TextGenerationService
 from adapter.triton_gateway import TritonGateway
+from adapter.triton_health import TritonHealthWatcher
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
-SHUTDOWN_GRACE_S = 10.0
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -58,6 +60,8 @@ class Adapter:
         self._background: list[asyncio.Task[None]] = []
         self.health = health.aio.HealthServicer()
         self.metrics = AdapterMetrics()
+        self.calls = CallTracker()
+        self.watcher: TritonHealthWatcher | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -92,6 +96,7 @@ class Adapter:
         )
         self.scheduler.slot_observer = self._observe_slot
         self.scheduler.add_listener(self._record_event)
+        self.gateway.on_model_missing = self.scheduler.model_missing
         try:
             log.info("memory budget: %d bytes", await self.scheduler.refresh_budget())
             self.metrics.set_budget(self.scheduler.budget_bytes)
@@ -103,11 +108,20 @@ class Adapter:
         await self.image_jobs.start()
         memory = MemoryService(self.scheduler, probe)
 
+        # Outermost first: metrics see every outcome (refusals included), auth refuses before any
+        # work, the call tracker lets shutdown drain and then end calls with UNAVAILABLE.
+        interceptors: list[grpc.aio.ServerInterceptor] = [self.metrics.interceptor()]
+        policy = ApiKeyPolicy(s.grpc_api_key, s.grpc_admin_api_key, s.grpc_require_api_key)
+        if policy.enabled:
+            interceptors.append(ApiKeyInterceptor(policy))
+        interceptors.append(self.calls)
         # The pool runs any synchronous handler work off the event loop (GRPC_MAX_WORKERS threads).
+        # Past GRPC_MAX_CONCURRENT_RPCS calls at once, gRPC itself answers RESOURCE_EXHAUSTED.
         self.server = grpc.aio.server(
             futures.ThreadPoolExecutor(max_workers=s.grpc_max_workers),
             options=server_options(s),
-            interceptors=[self.metrics.interceptor()],
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs,
         )
         pb_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(
@@ -125,14 +139,42 @@ class Adapter:
                 self.server,
             )
         address = f"{s.grpc_host}:{s.grpc_port}"
-        if self.server.add_insecure_port(address) == 0:
+        if s.grpc_use_tls:
+            bound = self.server.add_secure_port(address, server_credentials(s))
+        else:
+            bound = self.server.add_insecure_port(address)
+        if bound == 0:
             raise OSError(f"cannot listen on {address} (GRPC_HOST/GRPC_PORT)")
         await self.server.start()
         metrics_port = await self.metrics.start_http(s.grpc_host, s.metrics_port)
         log.info("adapter metrics on http://%s:%d/metrics (Triton's: %s)", s.grpc_host, metrics_port, metrics_url)
+        await self._set_health(True)
+        self.watcher = TritonHealthWatcher(
+            self.gateway.is_ready, self._triton_readiness_changed, interval_s=s.triton_health_interval_s
+        )
+        self._background.append(asyncio.get_running_loop().create_task(self.watcher.run()))
+        log.info(
+            "adapter serving %s on %s (%s%s; Triton at %s)",
+            SERVICE_NAME,
+            address,
+            "mutual TLS" if s.grpc_client_ca_file else "TLS" if s.grpc_use_tls else "plaintext",
+            ", API key required" if s.grpc_require_api_key else "",
+            triton_url,
+        )
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("adapter serving %s on %s (Triton at %s)", SERVICE_NAME, address, triton_url)
+            await self.health.set(service, status)
+
+    async def _triton_readiness_changed(self, ready: bool) -> None:
+        await self._set_health(ready)
+        if ready and self.scheduler is not None and self.gateway is not None:
+            lost = await self.scheduler.resync()
+            for model in lost:
+                self.gateway.forget(model)
+            if lost:
+                log.warning("Triton came back without %s; they load again on their next request", ", ".join(lost))
 
     def _observe_slot(self, slot: ModelSlot) -> None:
         self.metrics.set_in_flight(slot.name, slot.in_flight)
@@ -164,20 +206,35 @@ class Adapter:
                 log.error("could not preload model %s: %s", model, err)
 
     async def stop(self) -> None:
-        """NOT_SERVING, drain calls within the grace period, then stop Triton."""
+        """NOT_SERVING; refuse new calls; let running ones finish within the grace period, end the
+        rest with UNAVAILABLE (their Triton requests cancelled); then stop Triton."""
         await self.health.enter_graceful_shutdown()
+        for task in self._background:
+            task.cancel()
         if self.server is not None:
-            await self.server.stop(SHUTDOWN_GRACE_S)
+            grace = self.settings.shutdown_grace_s
+            # server.stop refuses new calls at once; its own grace is only a backstop for ours.
+            stopping = asyncio.get_running_loop().create_task(self.server.stop(grace + 10))
+            await self.calls.drain(grace)
+            await stopping
         self.metrics.stop_http()
         if self.image_jobs is not None:
             await self.image_jobs.stop()
-        for task in self._background:
-            task.cancel()
         if self.gateway is not None:
             await self.gateway.close()
         if self.triton is not None:
             await self.triton.stop()
         log.info("adapter stopped")
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """TLS from GRPC_CERT_FILE/GRPC_KEY_FILE; with GRPC_CLIENT_CA_FILE, clients must present a
+    certificate that CA signed (mutual TLS)."""
+    key, cert = settings.grpc_key_file.read_bytes(), settings.grpc_cert_file.read_bytes()
+    client_ca = settings.grpc_client_ca_file.read_bytes() if settings.grpc_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -96,17 +96,27 @@ def _first_int(result: Any, name: str) -> int:
     return int(array.reshape(-1)[0]) if array is not None else 0
 
 
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # Reconnect within a second of a restarted Triton (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 class TritonGateway:
     def __init__(self, url: str, load_timeout_s: float, stub_pids: Callable[[str], set[int]] | None = None) -> None:
         self.url = url
         # Embedded Triton only: the processes serving a model, to wait for their exit on unload.
         self._stub_pids = stub_pids
-        self._client = triton_grpc.InferenceServerClient(url)
+        self._client = triton_grpc.InferenceServerClient(url, channel_args=CHANNEL_OPTIONS)
         # Hot unary paths use Triton's generated stub with raw tensors: tritonclient's InferInput /
         # InferResult wrappers cost more CPU per call than the rest of the adapter (measured).
-        self._channel = grpc.aio.insecure_channel(
-            url, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        )
+        self._channel = grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS)
+        # Told when Triton answers NOT_FOUND for a model (it lost it: restarted, unloaded elsewhere).
+        self.on_model_missing: Callable[[str], None] | None = None
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._embeddings = EmbeddingCoalescer(self._embed_part, EmbeddingRows.slice, max_in_flight=1)
         self._load_timeout_s = load_timeout_s
@@ -117,8 +127,11 @@ class TritonGateway:
         await self._channel.close()
 
     async def is_ready(self) -> bool:
+        """Triton answers and is live. Not Triton's own "ready": with strict readiness (its
+        default) that turns false whenever a model is unloading or unloaded, which here is
+        routine, not a fault."""
         try:
-            return bool(await self._client.is_server_ready())
+            return bool(await self._client.is_server_live())
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
 
@@ -293,6 +306,8 @@ class TritonGateway:
         back (the scheduler holds it loaded otherwise): retryable, and our cache of it is stale."""
         if errors.triton_status(err) == errors.Code.NOT_FOUND:
             self.forget(model)
+            if self.on_model_missing is not None:
+                self.on_model_missing(model)
             return errors.Unavailable(f"model {model!r} was unloaded while the request started; retry it")
         return errors.from_triton(err, doing)
 
@@ -301,28 +316,168 @@ class TritonGateway:
         self._model_info.pop(model, None)
 
     async def stream_text(self, request: TextGenerationRequest) -> AsyncIterator[TextChunk]:
-        """Streams the LLM model's responses; cancelling the consumer cancels the Triton request."""
-        inputs = [_bytes_input("sampling_parameters", json.dumps(request.sampling))]
-        if request.messages is not None:
-            inputs.append(_bytes_input("messages", json.dumps(request.messages)))
-        else:
-            inputs.append(_bytes_input("text_input", request.prompt or ""))
+        """Streams the LLM model's responses; cancelling the consumer cancels the Triton request.
 
-        # aclosing: a caller leaving early cancels the Triton request now, not at garbage collection.
-        stream = self._stream(request.model, inputs, lambda r: r.as_numpy("finish_reason") is not None)
-        async with contextlib.aclosing(stream) as results:  # type: ignore[type-var]
-            async for result in results:
-                text = result.as_numpy("text_output")
-                delta = text.reshape(-1)[0].decode("utf-8") if text is not None else ""
-                reason = result.as_numpy("finish_reason")
-                if reason is None:
-                    yield TextChunk(text=delta)
-                    continue
-                yield TextChunk(
-                    text=delta,
-                    finish_reason=reason.reshape(-1)[0].decode("utf-8"),
-                    prompt_tokens=_first_int(result, "prompt_tokens"),
-                    completion_tokens=_first_int(result, "completion_tokens"),
-                )
-                return
+        Responses that arrived while the consumer was busy (it writes to a slower client) come as one
+        chunk, their texts joined in order; the final response (finish_reason) is always a chunk of
+        its own. On a raw `ModelStreamInfer` call: tritonclient's InferInput/InferResult wrappers
+        (numpy per tensor, three `as_numpy` per response) cost more CPU per chunk than the rest of
+        the adapter (py-spy; see benchmarks/results/streaming.md).
+        """
+        stream = _TextStream(self._stub, _text_request(request))
+        final_seen = False
+        try:
+            while True:
+                try:
+                    responses = await stream.next_batch()
+                except Exception as err:
+                    if errors.triton_status(err) is None:
+                        raise
+                    raise self._inference_error(err, request.model, f"streaming from {request.model!r}") from err
+                if not responses:
+                    break
+                texts: list[bytes] = []
+                for response in responses:
+                    text, final = _text_response(response)
+                    if final is None:
+                        texts.append(text)
+                        continue
+                    if texts:
+                        yield TextChunk(text=b"".join(texts).decode("utf-8"))
+                        texts = []
+                    final_seen = True
+                    reason, prompt_tokens, completion_tokens = final
+                    yield TextChunk(
+                        text=text.decode("utf-8"),
+                        finish_reason=reason,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                    )
+                    return
+                yield TextChunk(text=texts[0].decode("utf-8") if len(texts) == 1 else b"".join(texts).decode("utf-8"))
+        finally:
+            # Left early (our caller went away or failed): cancel the Triton request. Never after
+            # the final response (Triton 2.51 would keep counting the request in flight): the call
+            # is then read to its end in the background instead.
+            stream.finish(cancel=not final_seen)
         raise errors.Internal(f"model {request.model!r} ended its stream without a final response")
+
+
+# ---- the text stream's raw Triton call ---------------------------------------------------------
+
+# Makes Triton end a failed stream with a real gRPC status instead of an error string in a message.
+_STREAM_METADATA = tuple(STREAM_HEADERS.items())
+# Calls whose final response was seen, read to their end in the background; held here so that the
+# garbage collector (which would cancel them) leaves them alone.
+_DRAINING: set[asyncio.Task[None]] = set()
+
+
+def _raw_bytes_element(raw: bytes) -> bytes:
+    """The first element of a raw BYTES tensor: a little-endian uint32 length, then the bytes."""
+    return raw[4 : 4 + int.from_bytes(raw[:4], "little")]
+
+
+def _text_request(request: TextGenerationRequest) -> service_pb2.ModelInferRequest:
+    triton_request = service_pb2.ModelInferRequest(model_name=request.model)
+    if request.messages is not None:
+        second = ("messages", json.dumps(request.messages))
+    else:
+        second = ("text_input", request.prompt or "")
+    for name, value in (("sampling_parameters", json.dumps(request.sampling)), second):
+        tensor = triton_request.inputs.add()
+        tensor.name, tensor.datatype = name, "BYTES"
+        tensor.shape.append(1)
+        encoded = value.encode("utf-8")
+        triton_request.raw_input_contents.append(struct.pack("<I", len(encoded)) + encoded)
+    return triton_request
+
+
+def _text_response(response: Any) -> tuple[bytes, tuple[str, int, int] | None]:
+    """(text, None) for a chunk; (text, (finish_reason, prompt_tokens, completion_tokens)) for the
+    final one. Raises Triton's error when the response carries one."""
+    if response.error_message:
+        raise InferenceServerException(msg=response.error_message)
+    infer = response.infer_response
+    outputs = infer.outputs
+    raw = infer.raw_output_contents
+    if len(outputs) == 1 and outputs[0].name == "text_output":  # the usual chunk: nothing else to look at
+        return _raw_bytes_element(raw[0]), None
+    text = b""
+    reason: str | None = None
+    prompt_tokens = completion_tokens = 0
+    for i, output in enumerate(outputs):
+        name = output.name
+        if name == "text_output":
+            text = _raw_bytes_element(raw[i])
+        elif name == "finish_reason":
+            reason = _raw_bytes_element(raw[i]).decode("utf-8")
+        elif name == "prompt_tokens":
+            prompt_tokens = int.from_bytes(raw[i][:4], "little", signed=True)
+        elif name == "completion_tokens":
+            completion_tokens = int.from_bytes(raw[i][:4], "little", signed=True)
+    return text, (None if reason is None else (reason, prompt_tokens, completion_tokens))
+
+
+class _TextStream:
+    """One request on a raw Triton `ModelStreamInfer` call. A reader task keeps taking responses
+    off the call while the consumer is busy, so the consumer gets everything that is ready at once
+    (and can merge it) instead of one response per wake-up."""
+
+    __slots__ = ("_call", "_pending", "_error", "_ended", "_waiter", "_reader")
+
+    def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, request: service_pb2.ModelInferRequest):
+        self._call = stub.ModelStreamInfer(metadata=_STREAM_METADATA)
+        self._pending: list[Any] = []
+        self._error: BaseException | None = None
+        self._ended = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._reader = asyncio.get_running_loop().create_task(self._read(request))
+
+    async def _read(self, request: service_pb2.ModelInferRequest) -> None:
+        call = self._call
+        try:
+            await call.write(request)
+            await call.done_writing()
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    break
+                self._pending.append(response)
+                waiter = self._waiter
+                if waiter is not None:
+                    self._waiter = None
+                    if not waiter.done():
+                        waiter.set_result(None)
+        except asyncio.CancelledError:
+            self._error = self._error or errors.Cancelled("the Triton stream was cancelled")
+        except Exception as err:  # noqa: BLE001 - handed to the consumer, which maps it
+            self._error = err
+        finally:
+            self._ended = True
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def next_batch(self) -> list[Any]:
+        """Every response that arrived since the last call, in order (waits for one); [] at the
+        call's end; raises the call's error once the responses before it were taken."""
+        while not self._pending:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        batch, self._pending = self._pending, []
+        return batch
+
+    def finish(self, cancel: bool) -> None:
+        if self._ended:
+            return
+        if cancel:
+            self._call.cancel()
+            self._reader.cancel()
+            return
+        # The final response was seen: let the reader take the call to its end (its status).
+        _DRAINING.add(self._reader)
+        self._reader.add_done_callback(_DRAINING.discard)

@@ -1,6 +1,8 @@
 // Command maistro is the command line of the inference platform's Go client:
 //
 //	go run main.go chat "Hello"
+//	go run main.go chat            # a conversation, one message per line (or chat -i)
+//	echo "Hello" | go run main.go chat
 //	go run main.go generate "Once upon a time"
 //	go run main.go embed "a cat sits on the mat" "a kitten rests on the rug"
 //	go run main.go image generate --width 512 --height 512 "a red square"
@@ -25,7 +27,7 @@ import (
 func main() {
 	// Ctrl-C or SIGTERM cancels the call in flight, which stops the generation on the server.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := cli.Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

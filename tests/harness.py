@@ -46,6 +46,22 @@ class RunningAdapter:
     triton_metrics_url: str
     log_path: Path
     metrics_url: str = ""
+    credentials: grpc.ChannelCredentials | None = None  # TLS adapters: how clients connect
+
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.credentials)
+
+    def triton_pid(self) -> int:
+        """The embedded tritonserver process."""
+        for pid in self.child_pids():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver":
+                    return pid
+            except OSError:
+                continue
+        raise LookupError("no tritonserver process under the adapter")
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -70,9 +86,14 @@ class RunningAdapter:
 
 
 def start_adapter(
-    log_path: Path, env: dict[str, str] | None = None, wait_s: float = 240, test_models: bool = False
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    wait_s: float = 240,
+    test_models: bool = False,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> RunningAdapter:
-    """`test_models`: serve tests/model_repository's models too (a composed repository next to the log)."""
+    """`test_models`: serve tests/model_repository's models too (a composed repository next to the log).
+    `credentials`: the adapter serves TLS; clients (and the readiness wait) connect with these."""
     port, triton_port, metrics_port, adapter_metrics_port = free_port(), free_port(), free_port(), free_port()
     repository = {}
     if test_models:
@@ -98,6 +119,7 @@ def start_adapter(
         triton_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         log_path=log_path,
         metrics_url=f"http://127.0.0.1:{adapter_metrics_port}/metrics",
+        credentials=credentials,
     )
     wait_until_serving(adapter, wait_s)
     return adapter
@@ -105,7 +127,7 @@ def start_adapter(
 
 def wait_until_serving(adapter: RunningAdapter, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
-    with grpc.insecure_channel(adapter.address) as channel:
+    with adapter.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if adapter.process.poll() is not None:

@@ -3,9 +3,12 @@ package client
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -15,6 +18,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 )
 
 // Keepalive pings keep idle connections through proxies and notice a dead server; the adapter
@@ -40,13 +45,24 @@ type Client struct {
 	conn           *grpc.ClientConn
 	rpc            pb.InferenceServiceClient
 	requestTimeout time.Duration
+	retry          RetryPolicy
 }
 
+// balancing is the connection's default service config: calls are spread round robin over
+// every address the target resolves to (a dns:/// name of a Kubernetes headless Service, or a
+// comma-separated list), and one address behaves as a plain connection.
+const balancing = `{"loadBalancingConfig": [{"round_robin": {}}]}`
+
+// listScheme is the resolver scheme of a comma-separated list of addresses.
+const listScheme = "maistro-list"
+
 // New creates a Client for cfg. It does not wait for the server: the connection is made on the
-// first call and re-made as needed, and an unreachable server shows as IsUnavailable errors.
+// first call and re-made as needed, and an unreachable server shows as IsUnavailable errors
+// (after cfg.Retry's attempts).
 //
-// New fails when cfg.Address is empty, or when an API key would travel in plain text to a
-// machine other than this one (set Secure, or use a loopback address).
+// New fails when cfg.Address is empty, when a TLS file cannot be read or parsed, or when an
+// API key would travel in plain text to a machine other than this one (set Secure, or use a
+// loopback address).
 //
 // opts are appended to maistro's own dial options, so they can add interceptors or replace the
 // dialer (tests use a bufconn dialer).
@@ -57,16 +73,45 @@ func New(cfg Config, opts ...grpc.DialOption) (*Client, error) {
 	if cfg.DialTimeout < 0 || cfg.RequestTimeout < 0 {
 		return nil, errors.New("maistro: timeouts must not be negative")
 	}
+	retry, err := cfg.Retry.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("maistro: %w", err)
+	}
+	if err := cfg.checkTLS(); err != nil {
+		return nil, fmt.Errorf("maistro: %w", err)
+	}
 
 	transport := insecure.NewCredentials()
 	if cfg.Secure {
-		// A nil RootCAs verifies against the system's roots; the server name comes from Address.
-		transport = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
+		tlsConfig, err := cfg.TLSConfig()
+		if err != nil {
+			return nil, fmt.Errorf("maistro: %w", err)
+		}
+		transport = credentials.NewTLS(tlsConfig)
 	}
+	target, addrs := cfg.Address, splitAddresses(cfg.Address)
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(transport),
 		grpc.WithKeepaliveParams(keepaliveParams),
 		grpc.WithUserAgent("maistro"),
+		grpc.WithDefaultServiceConfig(balancing),
+		grpc.WithChainUnaryInterceptor(retryUnary(retry)),
+	}
+	if len(addrs) > 1 {
+		// A fixed list: a resolver of this connection's own that always answers with it. Each
+		// address is checked against its own host's certificate.
+		r := manual.NewBuilderWithScheme(listScheme)
+		state := resolver.State{}
+		for _, a := range addrs {
+			host, _, err := net.SplitHostPort(a)
+			if err != nil {
+				return nil, fmt.Errorf("maistro: address %q in %q: want host:port", a, cfg.Address)
+			}
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: a, ServerName: host})
+		}
+		r.InitialState(state)
+		target = listScheme + ":///" + addrs[0]
+		dialOpts = append(dialOpts, grpc.WithResolvers(r))
 	}
 	if cfg.DialTimeout > 0 {
 		dialOpts = append(dialOpts, grpc.WithConnectParams(grpc.ConnectParams{
@@ -75,7 +120,10 @@ func New(cfg Config, opts ...grpc.DialOption) (*Client, error) {
 		}))
 	}
 	if cfg.APIKey != "" {
-		local := isLoopback(cfg.Address)
+		local := true
+		for _, a := range addrs {
+			local = local && isLoopback(a)
+		}
 		if !cfg.Secure && !local {
 			return nil, fmt.Errorf("maistro: refusing to send the API key in plain text to %q: "+
 				"set use_secure_connection, or use a loopback address", cfg.Address)
@@ -84,11 +132,57 @@ func New(cfg Config, opts ...grpc.DialOption) (*Client, error) {
 	}
 	dialOpts = append(dialOpts, opts...)
 
-	conn, err := grpc.NewClient(cfg.Address, dialOpts...)
+	conn, err := grpc.NewClient(target, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("maistro: %s: %w", cfg.Address, err)
 	}
-	return &Client{conn: conn, rpc: pb.NewInferenceServiceClient(conn), requestTimeout: cfg.RequestTimeout}, nil
+	return &Client{
+		conn: conn, rpc: pb.NewInferenceServiceClient(conn),
+		requestTimeout: cfg.RequestTimeout, retry: retry,
+	}, nil
+}
+
+// splitAddresses splits a comma-separated list of addresses; a target with a resolver scheme
+// ("dns:///...") is one address whatever it holds.
+func splitAddresses(address string) []string {
+	if strings.Contains(address, "://") || !strings.Contains(address, ",") {
+		return []string{address}
+	}
+	var addrs []string
+	for a := range strings.SplitSeq(address, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
+
+// TLSConfig returns the TLS settings that New uses for cfg: the server verified against CAFile
+// (or the system's roots) under TLSServerName (or the address's host), and CertFile/KeyFile
+// presented for mutual TLS. It is for other connections to the same server, such as a
+// health check; errors name the config.yaml key.
+func (cfg Config) TLSConfig() (*tls.Config, error) {
+	// The server name comes from the address unless TLSServerName says otherwise.
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.TLSServerName}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("inference.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("inference.ca_file: %s holds no PEM certificate", cfg.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("inference.cert_file/key_file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
 }
 
 // Close closes the connection; calls in flight fail with IsCanceled errors.
@@ -235,6 +329,9 @@ func (c *Client) callContext(ctx context.Context) (context.Context, context.Canc
 // says whether it was the final one. An error from each cancels the call (so the server stops
 // generating) and is returned as it is. The stream is read to its end so that a status sent
 // after the final message is not missed.
+//
+// A call that fails with UNAVAILABLE before its first message is opened again under c.retry;
+// once a message has reached each, an error ends the call.
 func streamCall[R any](ctx context.Context, c *Client,
 	open func(context.Context) (grpc.ServerStreamingClient[R], error),
 	each func(*R) (done bool, err error),
@@ -242,13 +339,33 @@ func streamCall[R any](ctx context.Context, c *Client,
 	ctx, cancel := c.callContext(ctx)
 	defer cancel()
 
-	stream, err := open(ctx)
+	var (
+		stream grpc.ServerStreamingClient[R]
+		first  *R
+	)
+	err := c.retry.do(ctx, func() error {
+		var err error
+		if stream, err = open(ctx); err != nil {
+			return err
+		}
+		first, err = stream.Recv()
+		return err
+	})
+	if errors.Is(err, io.EOF) {
+		return ErrIncompleteStream
+	}
 	if err != nil {
 		return fromRPC(err)
 	}
-	done := false
+	msg, done := first, false
 	for {
-		msg, err := stream.Recv()
+		if !done {
+			if done, err = each(msg); err != nil {
+				cancel() // tells the server to stop before we return
+				return err
+			}
+		} // else nothing may follow the final message; ignore it and wait for the status
+		msg, err = stream.Recv()
 		if errors.Is(err, io.EOF) {
 			if !done {
 				return ErrIncompleteStream
@@ -257,13 +374,6 @@ func streamCall[R any](ctx context.Context, c *Client,
 		}
 		if err != nil {
 			return fromRPC(err)
-		}
-		if done {
-			continue // nothing may follow the final message; ignore it and wait for the status
-		}
-		if done, err = each(msg); err != nil {
-			cancel() // tells the server to stop before we return
-			return err
 		}
 	}
 }

@@ -95,6 +95,9 @@ func newTestClient(t *testing.T, srv *fakeServer, cfg Config) *Client {
 	if cfg.Address == "" {
 		cfg.Address = "passthrough:///localhost"
 	}
+	if cfg.Retry == (RetryPolicy{}) {
+		cfg.Retry = fastRetry(DefaultRetryMaxAttempts) // the default attempts, without the waits
+	}
 	c, err := New(cfg, grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 		return lis.DialContext(ctx)
 	}))

@@ -120,6 +120,83 @@ func TestLoadConfig(t *testing.T) {
 			want: Config{Address: DefaultAddress, APIKey: "from-file", DialTimeout: DefaultDialTimeout, RequestTimeout: DefaultRequestTimeout},
 		},
 		{
+			name: "TLS files and retries",
+			file: new(`inference:
+  grpc_address: "a.example.com:443,b.example.com:443"
+  use_secure_connection: true
+  ca_file: "/etc/maistro/ca.pem"
+  cert_file: "/etc/maistro/client.pem"
+  key_file: "/etc/maistro/client.key"
+  tls_server_name: "adapter.internal"
+  retry_max_attempts: 2
+  retry_initial_backoff: "50ms"
+  retry_max_backoff: "1s"
+`),
+			want: Config{
+				Address: "a.example.com:443,b.example.com:443", Secure: true,
+				CAFile: "/etc/maistro/ca.pem", CertFile: "/etc/maistro/client.pem", KeyFile: "/etc/maistro/client.key",
+				TLSServerName: "adapter.internal",
+				DialTimeout:   DefaultDialTimeout, RequestTimeout: DefaultRequestTimeout,
+				Retry: RetryPolicy{MaxAttempts: 2, InitialBackoff: 50 * time.Millisecond, MaxBackoff: time.Second},
+			},
+		},
+		{
+			name: "retry_max_attempts 1 turns retries off",
+			file: new("inference:\n  retry_max_attempts: 1\n"),
+			want: Config{
+				Address: DefaultAddress, DialTimeout: DefaultDialTimeout, RequestTimeout: DefaultRequestTimeout,
+				Retry: RetryPolicy{MaxAttempts: 1, InitialBackoff: DefaultRetryInitialBackoff, MaxBackoff: DefaultRetryMaxBackoff},
+			},
+		},
+		{
+			name:    "retry_max_attempts 0 names the key",
+			file:    new("inference:\n  retry_max_attempts: 0\n"),
+			wantErr: []string{"inference.retry_max_attempts", "at least 1"},
+		},
+		{
+			name:    "retry_max_attempts not a number names the key",
+			file:    new("inference:\n  retry_max_attempts: many\n"),
+			wantErr: []string{"inference.retry_max_attempts", "line 2"},
+		},
+		{
+			name:    "bad retry backoff names the key",
+			file:    new("inference:\n  retry_max_backoff: \"soon\"\n"),
+			wantErr: []string{"inference.retry_max_backoff"},
+		},
+		{
+			name: "environment overrides the TLS files",
+			file: new("inference:\n  use_secure_connection: true\n  ca_file: \"file-ca.pem\"\n"),
+			env: map[string]string{
+				EnvCAFile: "env-ca.pem", EnvCertFile: "env-cert.pem", EnvKeyFile: "env-key.pem",
+				EnvTLSServerName: "env-name",
+			},
+			want: Config{
+				Address: DefaultAddress, Secure: true,
+				CAFile: "env-ca.pem", CertFile: "env-cert.pem", KeyFile: "env-key.pem", TLSServerName: "env-name",
+				DialTimeout: DefaultDialTimeout, RequestTimeout: DefaultRequestTimeout,
+			},
+		},
+		{
+			name:    "ca_file without TLS names both keys",
+			file:    new("inference:\n  ca_file: \"ca.pem\"\n"),
+			wantErr: []string{"inference.ca_file", "inference.use_secure_connection"},
+		},
+		{
+			name:    "cert_file from the environment without TLS names the variable",
+			env:     map[string]string{EnvCertFile: "c.pem", EnvKeyFile: "k.pem"},
+			wantErr: []string{"inference.cert_file", EnvCertFile},
+		},
+		{
+			name:    "cert_file without key_file names both keys",
+			file:    new("inference:\n  use_secure_connection: true\n  cert_file: \"c.pem\"\n"),
+			wantErr: []string{"inference.cert_file", "inference.key_file"},
+		},
+		{
+			name:    "ca_file that is not a string names the key",
+			file:    new("inference:\n  use_secure_connection: true\n  ca_file: [a, b]\n"),
+			wantErr: []string{"inference.ca_file", "want a string"},
+		},
+		{
 			name:    "bad boolean in the environment names the variable",
 			env:     map[string]string{EnvSecure: "yes please"},
 			wantErr: []string{EnvSecure},
@@ -149,6 +226,9 @@ func TestLoadConfig(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatalf("loadConfig: %v", err)
+			}
+			if tt.want.Retry == (RetryPolicy{}) {
+				tt.want.Retry = DefaultConfig().Retry // cases about other keys expect the default retries
 			}
 			if got != tt.want {
 				t.Errorf("loadConfig:\n got %+v\nwant %+v", got, tt.want)

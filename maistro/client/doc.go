@@ -61,6 +61,25 @@
 //		}
 //	}
 //
+// # Connection
+//
+// Config (from config.yaml through LoadConfig, the MAISTRO_* environment variables overriding
+// it) says where the server is and how to reach it:
+//
+//   - Address may name one server, several separated by commas, or a "dns:///" name that
+//     resolves to many (a Kubernetes headless Service); calls are balanced round robin over all
+//     the addresses, and a server that goes away is skipped until it is back.
+//   - Secure turns on TLS, verified against CAFile or the system's roots; CertFile and KeyFile
+//     add a client certificate for servers that require mutual TLS.
+//   - APIKey is sent with every call as "x-api-key" metadata. New refuses to send it in plain
+//     text to anything but this machine.
+//   - Retry: a call that fails with UNAVAILABLE (server unreachable, or Triton behind it down) is
+//     tried again with exponential backoff and jitter. Unary calls are retried whole; Chat and
+//     Generate only until their first chunk has arrived, so a callback never sees a chunk twice;
+//     a VRAM session is never retried.
+//   - The connection sends keepalive pings every 10 s, also when no call is open, so that a dead
+//     server or a proxy that dropped the connection is noticed before the next call.
+//
 // Requests and responses are plain Go types rather than the generated protobuf messages, so
 // that callers deal in time.Duration, string enums and nil-for-unset options; the generated
 // package (grpc/inference) stays an implementation detail that can change with the proto.

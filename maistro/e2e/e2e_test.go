@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"image/png"
+	"io"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,9 +54,11 @@ func TestAdapterEndToEnd(t *testing.T) {
 	moduleDir := findModuleDir(t)
 	repo := filepath.Dir(moduleDir)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	tritonMetrics := freePort(t)
 
-	a := startAdapter(t, repo, addr)
+	a := startAdapter(t, repo, addr, "EMBEDDED_TRITON_METRICS_PORT="+strconv.Itoa(tritonMetrics))
 	a.waitServing(t, addr)
+	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", tritonMetrics)
 
 	c, err := client.New(client.Config{Address: addr, DialTimeout: 10 * time.Second})
 	if err != nil {
@@ -93,6 +97,73 @@ func TestAdapterEndToEnd(t *testing.T) {
 		}
 		if res.Usage.CompletionTokens <= 0 {
 			t.Errorf("usage.completion_tokens = %d, want > 0", res.Usage.CompletionTokens)
+		}
+	})
+
+	t.Run("generate streams a continuation", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+		defer cancel()
+		chunks := 0
+		res, err := c.Generate(ctx, &client.GenerateRequest{
+			Model: "llm", Prompt: "Once upon a time",
+			Options: client.Options{MaxTokens: new(int32(8)), Seed: new(uint64(1))},
+		}, func(client.GenerateChunk) error { chunks++; return nil })
+		if err != nil {
+			t.Fatalf("Generate: %v", err)
+		}
+		t.Logf("continuation %q in %d chunks: finish_reason=%s usage=%+v", res.Text, chunks, res.FinishReason, res.Usage)
+		if chunks < 1 || res.Usage.CompletionTokens <= 0 {
+			t.Errorf("%d chunks, %d completion tokens: want some of each", chunks, res.Usage.CompletionTokens)
+		}
+		if res.FinishReason != client.FinishReasonStop && res.FinishReason != client.FinishReasonLength {
+			t.Errorf("finish reason %q, want stop or length", res.FinishReason)
+		}
+	})
+
+	t.Run("a cancelled chat stops its generation on the server", func(t *testing.T) {
+		before := cancelledGenerations(t, metricsURL)
+		// A long reply, cancelled after its first chunk. A model with random weights may end a
+		// reply early; then the chat was not cancelled, and another seed is tried.
+		cancelledOne := false
+		for seed := uint64(1); seed <= 5 && !cancelledOne; seed++ {
+			ctx, cancel := context.WithTimeout(context.Background(), callLimit)
+			chunks := 0
+			_, err := c.Chat(ctx, &client.ChatRequest{
+				Model:    "llm",
+				Messages: []client.Message{{Role: client.RoleUser, Content: "Tell me a very long story."}},
+				Options:  client.Options{MaxTokens: new(int32(4000)), Seed: &seed},
+			}, func(client.ChatChunk) error {
+				if chunks++; chunks == 2 {
+					cancel() // the caller gives up mid-reply
+				}
+				return nil
+			})
+			cancel()
+			switch {
+			case client.IsCanceled(err):
+				cancelledOne = true
+				t.Logf("seed %d: cancelled after %d chunks: %v", seed, chunks, err)
+			case err != nil:
+				t.Fatalf("Chat: %v", err)
+			default:
+				t.Logf("seed %d: the reply ended by itself after %d chunks; trying another", seed, chunks)
+			}
+		}
+		if !cancelledOne {
+			t.Fatal("no reply ran long enough to be cancelled")
+		}
+		// The model counts the request as finished with reason "cancelled" once it stops.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			after := cancelledGenerations(t, metricsURL)
+			if after > before {
+				t.Logf("llm_generation_requests_total{finish_reason=\"cancelled\"}: %v -> %v", before, after)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the llm model did not count a cancelled generation within 30s (still %v)", after)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	})
 
@@ -449,6 +520,34 @@ func TestAdapterEndToEnd(t *testing.T) {
 	})
 }
 
+// cancelledGenerations reads the llm model's count of generations that ended because their
+// request was cancelled, from Triton's metrics endpoint.
+func cancelledGenerations(t *testing.T, metricsURL string) float64 {
+	t.Helper()
+	resp, err := http.Get(metricsURL)
+	if err != nil {
+		t.Fatalf("Triton metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("Triton metrics: %v", err)
+	}
+	total := 0.0
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if !strings.HasPrefix(line, "llm_generation_requests_total{") || !strings.Contains(line, `finish_reason="cancelled"`) {
+			continue
+		}
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err != nil {
+			t.Fatalf("Triton metrics line %q: %v", line, err)
+		}
+		total += v
+	}
+	return total
+}
+
 // logSnapshot writes a memory snapshot to the test's log.
 func logSnapshot(t *testing.T, snap *client.MemorySnapshot) {
 	t.Helper()
@@ -526,9 +625,9 @@ type adapter struct {
 }
 
 // startAdapter runs `<repo>/.venv/bin/python -m adapter` in the repository's root, listening on
-// addr (127.0.0.1:port), and arranges for it to be stopped when the test ends. Its output goes
+// addr (127.0.0.1:port), with env ("KEY=value") added to its environment, and arranges for it to be stopped when the test ends. Its output goes
 // to the test's log if the test fails.
-func startAdapter(t *testing.T, repo, addr string) *adapter {
+func startAdapter(t *testing.T, repo, addr string, env ...string) *adapter {
 	t.Helper()
 	python := filepath.Join(repo, ".venv", "bin", "python")
 	if _, err := os.Stat(python); err != nil {
@@ -544,6 +643,7 @@ func startAdapter(t *testing.T, repo, addr string) *adapter {
 		"METRICS_PORT=0",
 		"PYTHONUNBUFFERED=1", // so the log is complete if the test fails
 	)
+	cmd.Env = append(cmd.Env, env...)
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Own process group: if the adapter has to be killed, its children (the embedded Triton
@@ -571,17 +671,19 @@ func startAdapter(t *testing.T, repo, addr string) *adapter {
 	return a
 }
 
-// waitServing polls grpc.health.v1 Check(service="") until the adapter reports SERVING, and
+// waitServing polls grpc.health.v1 (over creds, plain text when none) Check(service="") until the adapter reports SERVING, and
 // fails the test if the adapter exits first or startupLimit passes.
-func (a *adapter) waitServing(t *testing.T, addr string) {
+func (a *adapter) waitServing(t *testing.T, addr string, creds ...grpc.DialOption) {
 	t.Helper()
 	// Short reconnect backoff: the port is closed until the adapter binds it, and gRPC's default
 	// backoff would grow to minutes while we wait.
 	bo := backoff.DefaultConfig
 	bo.MaxDelay = 500 * time.Millisecond
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 2 * time.Second}))
+	if len(creds) == 0 {
+		creds = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(addr, append(creds,
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 2 * time.Second}))...)
 	if err != nil {
 		t.Fatalf("health connection: %v", err)
 	}

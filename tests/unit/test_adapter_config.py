@@ -215,3 +215,47 @@ def test_embedding_defaults_to_the_packaged_minilm_and_can_be_overridden() -> No
 def test_bad_embedding_limits_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         load_settings({variable: value})
+
+
+def test_security_defaults_follow_the_design() -> None:
+    settings = load_settings({})
+    assert settings.grpc_max_concurrent_rpcs == 100
+    assert settings.grpc_require_api_key is False and settings.grpc_api_key == ""
+    assert settings.grpc_use_tls is False
+    assert settings.grpc_cert_file == Path("/etc/inference/certs/server.crt")
+    assert settings.grpc_key_file == Path("/etc/inference/certs/server.key")
+    assert settings.grpc_client_ca_file is None
+
+
+def test_keys_never_appear_in_the_settings_text() -> None:
+    settings = load_settings({"GRPC_REQUIRE_API_KEY": "true", "GRPC_API_KEY": "s3cret", "GRPC_ADMIN_API_KEY": "adm1n"})
+    assert settings.grpc_api_key == "s3cret" and settings.grpc_admin_api_key == "adm1n"
+    assert "s3cret" not in repr(settings) and "adm1n" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GRPC_REQUIRE_API_KEY": "true"}, "GRPC_API_KEY"),
+        ({"GRPC_REQUIRE_API_KEY": "maybe"}, "GRPC_REQUIRE_API_KEY"),
+        ({"GRPC_API_KEY": "same", "GRPC_ADMIN_API_KEY": "same"}, "GRPC_ADMIN_API_KEY"),
+        ({"GRPC_MAX_CONCURRENT_RPCS": "0"}, "GRPC_MAX_CONCURRENT_RPCS"),
+        ({"GRPC_USE_TLS": "true", "GRPC_CERT_FILE": "/no/such.crt"}, "GRPC_CERT_FILE"),
+        ({"GRPC_CLIENT_CA_FILE": "/etc/hostname"}, "GRPC_USE_TLS"),
+        ({"SHUTDOWN_GRACE_SECONDS": "-1"}, "SHUTDOWN_GRACE_SECONDS"),
+    ],
+)
+def test_unsafe_or_bad_security_settings_stop_start_up(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env)
+
+
+def test_tls_files_are_checked_readable(tmp_path: Path) -> None:
+    cert, key, ca = (tmp_path / name for name in ("server.crt", "server.key", "ca.crt"))
+    for path in (cert, key, ca):
+        path.write_text("pem")
+    env = {"GRPC_USE_TLS": "1", "GRPC_CERT_FILE": str(cert), "GRPC_KEY_FILE": str(key)}
+    assert load_settings(env).grpc_use_tls
+    with pytest.raises(ConfigError, match="GRPC_CLIENT_CA_FILE"):
+        load_settings({**env, "GRPC_CLIENT_CA_FILE": str(tmp_path / "missing.crt")})
+    assert load_settings({**env, "GRPC_CLIENT_CA_FILE": str(ca)}).grpc_client_ca_file == ca

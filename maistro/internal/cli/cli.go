@@ -21,13 +21,15 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Run executes a command line (args without the program's name), writing the generated text
-// to stdout and diagnostics to stderr, and returns the process's exit code: 0 on success, 1 on
-// any error, which is printed as "error: <message>" (for a server error, its gRPC code and the
-// server's message, such as "error: NOT_FOUND: model \"x\" is not known").
-func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// Run executes a command line (args without the program's name), reading a chat's messages
+// from stdin when it has none in args, writing the generated text to stdout and diagnostics to
+// stderr, and returns the process's exit code: 0 on success, 1 on any error, which is printed
+// as "error: <message>" (for a server error, its gRPC code and the server's message, such as
+// "error: NOT_FOUND: model \"x\" is not known").
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := newRootCommand()
 	root.SetArgs(args)
+	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
@@ -64,7 +66,8 @@ func newRootCommand() *cobra.Command {
 		Short: "Client of the inference platform (inference.v1.InferenceService over gRPC)",
 		Long: "maistro talks to the inference adapter over gRPC.\n\n" +
 			"The connection comes from config.yaml (see --config), overridden by the environment\n" +
-			"(" + client.EnvAddress + ", " + client.EnvAPIKey + ", " + client.EnvSecure + ")\n" +
+			"(" + client.EnvAddress + ", " + client.EnvAPIKey + ", " + client.EnvSecure + ",\n" +
+			client.EnvCAFile + ", " + client.EnvCertFile + ", " + client.EnvKeyFile + ", " + client.EnvTLSServerName + ")\n" +
 			"and then by --address.",
 		// Errors are printed once, by Run; usage is shown only for mistakes in the command line
 		// (each command turns it off once its arguments have been accepted).
@@ -78,7 +81,7 @@ func newRootCommand() *cobra.Command {
 	pf.BoolVar(&g.verbose, "verbose", false, "print token usage and timings to stderr at the end")
 
 	root.AddCommand(newChatCommand(g), newGenerateCommand(g), newEmbedCommand(g), newImageCommand(g),
-		newStatsCommand(g), newClearCommand(g), newVRAMCommand(g))
+		newStatsCommand(g), newClearCommand(g), newVRAMCommand(g), newBenchChatCommand(g))
 	return root
 }
 
@@ -123,48 +126,6 @@ func (f *generationFlags) keepAliveOption(cmd *cobra.Command) *time.Duration {
 		return nil
 	}
 	return &f.keepAlive
-}
-
-func newChatCommand(g *globalFlags) *cobra.Command {
-	f := &generationFlags{}
-	var system string
-	cmd := &cobra.Command{
-		Use:   "chat [flags] MESSAGE...",
-		Short: "Send one user message (the arguments, joined by spaces) and stream the reply",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cmd.SilenceUsage = true
-			c, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-
-			var msgs []client.Message
-			if system != "" {
-				msgs = append(msgs, client.Message{Role: client.RoleSystem, Content: system})
-			}
-			msgs = append(msgs, client.Message{Role: client.RoleUser, Content: strings.Join(args, " ")})
-			req := &client.ChatRequest{
-				Model: f.model, Messages: msgs,
-				Options: f.options(cmd), KeepAlive: f.keepAliveOption(cmd),
-			}
-
-			p := g.newPrinter(cmd)
-			start := time.Now()
-			res, err := c.Chat(cmd.Context(), req, func(ch client.ChatChunk) error {
-				return p.chunk(ch, ch.Delta)
-			})
-			if err != nil {
-				p.abort()
-				return err
-			}
-			return p.result(res, summary{res.Model, res.FinishReason, res.Usage, res.Timings, time.Since(start)})
-		},
-	}
-	addGenerationFlags(cmd, f)
-	cmd.Flags().StringVar(&system, "system", "", "system message sent before the user's")
-	return cmd
 }
 
 func newGenerateCommand(g *globalFlags) *cobra.Command {

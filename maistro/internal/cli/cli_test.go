@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/inference-platform/maistro/client"
 	pb "github.com/inference-platform/maistro/grpc/inference"
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -125,11 +127,18 @@ func serve(t *testing.T, srv *fakeServer) string {
 // not redirect it elsewhere.
 func run(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	for _, k := range []string{client.EnvAddress, client.EnvAPIKey, client.EnvSecure} {
+	return runWithInput(t, "", args...)
+}
+
+// runWithInput is run with stdin reading input.
+func runWithInput(t *testing.T, input string, args ...string) (int, string, string) {
+	t.Helper()
+	for _, k := range []string{client.EnvAddress, client.EnvAPIKey, client.EnvSecure,
+		client.EnvCAFile, client.EnvCertFile, client.EnvKeyFile, client.EnvTLSServerName} {
 		t.Setenv(k, "")
 	}
 	var stdout, stderr bytes.Buffer
-	code := Run(context.Background(), args, &stdout, &stderr)
+	code := Run(context.Background(), args, strings.NewReader(input), &stdout, &stderr)
 	return code, stdout.String(), stderr.String()
 }
 
@@ -194,7 +203,7 @@ func TestCommands(t *testing.T) {
 			name:       "a message is required",
 			args:       []string{"chat"},
 			wantCode:   1,
-			wantStderr: "error: requires at least 1 arg",
+			wantStderr: "error: no message",
 		},
 		{
 			name:       "a config file named on purpose must exist",
@@ -218,6 +227,131 @@ func TestCommands(t *testing.T) {
 			}
 			if !strings.Contains(stderr, tt.wantStderr) {
 				t.Errorf("stderr %q, want it to contain %q", stderr, tt.wantStderr)
+			}
+		})
+	}
+}
+
+func TestChatConversations(t *testing.T) {
+	tests := []struct {
+		name       string
+		args       []string // after --address ADDR chat
+		input      string   // standard input
+		serverErr  error
+		wantCode   int
+		wantStdout string
+		wantStderr []string // substrings
+		wantLast   []string // role:content of the last request's messages
+	}{
+		{
+			name: "a message on standard input is a one-shot chat", input: "Hello from a pipe\n",
+			wantStdout: "Hello, world\n", wantLast: []string{"user:Hello from a pipe"},
+		},
+		{
+			name: "-i holds a conversation and sends the history with each message",
+			args: []string{"-i", "--system", "Be brief."}, input: "Hi\n\nHow are you?\n",
+			wantStdout: "Hello, world\nHello, world\n",
+			wantStderr: []string{">>> "},
+			wantLast: []string{"system:Be brief.", "user:Hi", "assistant:Hello, world",
+				"user:How are you?"},
+		},
+		{
+			name: "-i with arguments opens with them",
+			args: []string{"-i", "Opening", "line"}, input: "Next\n",
+			wantStdout: "Hello, world\nHello, world\n",
+			wantLast:   []string{"user:Opening line", "assistant:Hello, world", "user:Next"},
+		},
+		{
+			name: "/reset forgets the conversation and /bye leaves",
+			args: []string{"-i"}, input: "One\n/reset\nTwo\n/bye\nnot sent\n",
+			wantStdout: "Hello, world\nHello, world\n",
+			wantStderr: []string{"conversation forgotten"},
+			wantLast:   []string{"user:Two"},
+		},
+		{
+			name: "a server error in a conversation is printed and the conversation goes on",
+			args: []string{"-i"}, input: "One\nTwo\n",
+			serverErr:  status.Error(codes.Unauthenticated, "missing API key"),
+			wantStderr: []string{"error: UNAUTHENTICATED: missing API key\n>>> ", "error: UNAUTHENTICATED"},
+			wantLast:   []string{"user:Two"}, // One failed, so it is not history
+		},
+		{
+			name: "a server error in a one-shot chat exits 1", input: "Hello\n",
+			serverErr: status.Error(codes.Unauthenticated, "missing API key"), wantCode: 1,
+			wantStderr: []string{"error: UNAUTHENTICATED: missing API key"},
+		},
+		{
+			name: "--json in a conversation prints JSON lines only on stdout",
+			args: []string{"-i", "--json"}, input: "Hi\n",
+			wantStderr: []string{">>> "},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := &fakeServer{err: tt.serverErr}
+			addr := serve(t, srv)
+			code, stdout, stderr := runWithInput(t, tt.input, append([]string{"--address", addr, "chat"}, tt.args...)...)
+			if code != tt.wantCode {
+				t.Errorf("exit code %d, want %d (stderr %q)", code, tt.wantCode, stderr)
+			}
+			if tt.wantStdout != "" && stdout != tt.wantStdout {
+				t.Errorf("stdout %q, want %q", stdout, tt.wantStdout)
+			}
+			if slices.Contains(tt.args, "--json") {
+				for l := range strings.SplitSeq(strings.TrimSpace(stdout), "\n") {
+					if !json.Valid([]byte(l)) {
+						t.Errorf("stdout line %q is not JSON", l)
+					}
+				}
+			}
+			for _, want := range tt.wantStderr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr %q, want it to contain %q", stderr, want)
+				}
+			}
+			if tt.wantLast != nil {
+				srv.mu.Lock()
+				var got []string
+				for _, m := range srv.lastChat.GetMessages() {
+					got = append(got, m.GetRole()+":"+m.GetContent())
+				}
+				srv.mu.Unlock()
+				if !slices.Equal(got, tt.wantLast) {
+					t.Errorf("last request's messages %q, want %q", got, tt.wantLast)
+				}
+			}
+		})
+	}
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	var walk func(cmd *cobra.Command)
+	var paths []string
+	walk = func(cmd *cobra.Command) {
+		if !cmd.Hidden {
+			paths = append(paths, cmd.CommandPath())
+		}
+		for _, sub := range cmd.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCommand())
+	for _, want := range []string{"maistro chat", "maistro generate", "maistro embed", "maistro image generate",
+		"maistro image edit", "maistro image status", "maistro vram watch", "maistro vram load",
+		"maistro vram unload", "maistro vram pin", "maistro vram unpin", "maistro stats", "maistro clear"} {
+		if !slices.Contains(paths, want) {
+			t.Errorf("no command %q (have %q)", want, paths)
+		}
+	}
+	for _, path := range paths {
+		t.Run(path, func(t *testing.T) {
+			args := append(strings.Fields(path)[1:], "--help")
+			code, stdout, stderr := run(t, args...)
+			if code != 0 || stderr != "" {
+				t.Fatalf("%s --help: exit %d, stderr %q", path, code, stderr)
+			}
+			if !strings.Contains(stdout, "Usage:") || !strings.Contains(stdout, "--json") {
+				t.Errorf("%s --help does not show the usage and the global flags:\n%s", path, stdout)
 			}
 		})
 	}

@@ -329,9 +329,10 @@ func jobJSON(job *client.ImageJob, paths []string) imageJobJSON {
 	return v
 }
 
-// isTerminal reports whether w is a terminal, where a progress bar can redraw itself.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
+// isTerminal reports whether a stream (stdin, stdout or stderr) is a terminal: where a progress
+// bar can redraw itself, or where a person types a conversation.
+func isTerminal(stream any) bool {
+	f, ok := stream.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 

@@ -458,7 +458,7 @@ func TestVRAMWatchPrintsEventsAndSnapshotsUntilInterrupted(t *testing.T) {
 			stdout := &lineWriter{n: 3, enough: make(chan struct{})}
 			var stderr bytes.Buffer
 			code := make(chan int, 1)
-			go func() { code <- Run(ctx, args, stdout, &stderr) }()
+			go func() { code <- Run(ctx, args, strings.NewReader(""), stdout, &stderr) }()
 
 			select {
 			case <-stdout.enough:
