@@ -169,7 +169,11 @@ class EmbeddedTriton:
             process = self._process
             if process is None:
                 return
-            code = await process.wait()
+            # Not process.wait(): on Python 3.11 it also waits for the stdout pipe to close, which
+            # the stubs of a killed server hold open. The return code is known at once.
+            while process.returncode is None:
+                await asyncio.sleep(0.2)
+            code = process.returncode
             if self._stopping:
                 return
             log.error(

@@ -1,0 +1,181 @@
+"""Faults and shutdown on the real adapter: Triton killed under live streams, SIGTERM during
+streams, and the transport limits (concurrent calls, message size).
+
+The test model chunk_counter streams numbered chunks with a pause between them
+(CHUNK_COUNTER_INTERVAL_MS), so a stream lasts as long as a test needs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
+from tests.harness import RunningAdapter, start_adapter, stop_adapter
+
+SLOW_STREAMS = {"PRELOAD_MODELS": "chunk_counter", "CHUNK_COUNTER_INTERVAL_MS": "20"}
+
+
+@pytest.fixture
+def slow_adapter(small_models: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningAdapter]:
+    env = {**SLOW_STREAMS, "IMAGE_DIR": str(tmp_path / "images"), **getattr(request, "param", {})}
+    running = start_adapter(tmp_path / "adapter.log", env=env, test_models=True)
+    try:
+        yield running
+    finally:
+        stop_adapter(running)
+
+
+@dataclass
+class Watched:
+    """A stream read in a thread: how it ended and when."""
+
+    chunks: int = 0
+    done: bool = False
+    code: grpc.StatusCode | None = None
+    details: str = ""
+    ended_at: float = 0.0
+    first_chunk: threading.Event = field(default_factory=threading.Event)
+
+
+def watch(stub: pb_grpc.InferenceServiceStub, max_tokens: int) -> tuple[Watched, threading.Thread]:
+    watched = Watched()
+
+    def read() -> None:
+        request = pb.GenerateStreamRequest(
+            model="chunk_counter", prompt="x", options=pb.GenerationOptions(max_tokens=max_tokens)
+        )
+        try:
+            for response in stub.GenerateStream(request, timeout=120):
+                watched.chunks += 1
+                watched.first_chunk.set()
+                watched.done = watched.done or response.done
+        except grpc.RpcError as err:
+            watched.code, watched.details = err.code(), err.details() or ""
+        finally:
+            watched.ended_at = time.monotonic()
+            watched.first_chunk.set()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return watched, thread
+
+
+def health_status(channel: grpc.Channel) -> int:
+    try:
+        return int(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status)
+    except grpc.RpcError:
+        return -1
+
+
+def wait_for(predicate: object, timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() - started < timeout_s, f"{what} not within {timeout_s}s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("slow_adapter", [{"TRITON_HEALTH_INTERVAL_SECONDS": "0.5"}], indirect=True)
+def test_killed_triton_ends_streams_unavailable_flips_health_and_recovers(slow_adapter: RunningAdapter) -> None:
+    with slow_adapter.channel() as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        streams = [watch(stub, 100_000) for _ in range(4)]
+        for watched, _ in streams:
+            assert watched.first_chunk.wait(30) and watched.chunks > 0
+        triton = slow_adapter.triton_pid()
+        old_processes = slow_adapter.child_pids()
+
+        os.kill(triton, signal.SIGKILL)
+        killed_at = time.monotonic()
+        for watched, thread in streams:
+            thread.join(10)
+            assert watched.code == grpc.StatusCode.UNAVAILABLE, (watched.code, watched.details)
+            assert watched.ended_at - killed_at < 2.0, "a stream outlived Triton by more than 2 s"
+        wait_for(lambda: health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, 10, "NOT_SERVING")
+
+        # The adapter restarts its Triton; health comes back and the model loads again on demand.
+        wait_for(lambda: health_status(channel) == health_pb2.HealthCheckResponse.SERVING, 90, "SERVING again")
+        assert slow_adapter.process.poll() is None, "the adapter itself must not restart"
+        assert not any(alive(pid) for pid in old_processes), "a process of the killed Triton lives on"
+        assert slow_adapter.triton_pid() != triton
+        responses = list(
+            stub.GenerateStream(
+                pb.GenerateStreamRequest(model="chunk_counter", prompt="x", options=pb.GenerationOptions(max_tokens=3)),
+                timeout=120,
+            )
+        )
+        assert responses[-1].done and responses[-1].usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("slow_adapter", [{"SHUTDOWN_GRACE_SECONDS": "3"}], indirect=True)
+def test_sigterm_lets_short_streams_finish_ends_long_ones_unavailable_and_leaves_no_process(
+    slow_adapter: RunningAdapter,
+) -> None:
+    with slow_adapter.channel() as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        short = [watch(stub, 60) for _ in range(3)]  # ~1.2 s each: within the grace period
+        long = [watch(stub, 100_000) for _ in range(3)]
+        for watched, _ in short + long:
+            assert watched.first_chunk.wait(30)
+        processes = slow_adapter.child_pids()
+        slow_adapter.process.send_signal(signal.SIGTERM)
+        signalled_at = time.monotonic()
+        for _, thread in short + long:
+            thread.join(20)
+        for watched, _ in short:
+            assert watched.done and watched.code is None, (watched.code, watched.details)
+        for watched, _ in long:
+            assert watched.code == grpc.StatusCode.UNAVAILABLE, (watched.code, watched.details)
+            assert "shutting down" in watched.details
+            assert watched.ended_at - signalled_at < 3 + 2.0
+    assert slow_adapter.process.wait(60) == 0, slow_adapter.log_tail()
+    assert not [pid for pid in processes if alive(pid)], "processes left after shutdown"
+
+
+@pytest.mark.parametrize(
+    "slow_adapter", [{"GRPC_MAX_CONCURRENT_RPCS": "3", "GRPC_MAX_MESSAGE_SIZE": "65536"}], indirect=True
+)
+def test_calls_past_the_concurrency_limit_or_message_size_are_resource_exhausted(slow_adapter: RunningAdapter) -> None:
+    with slow_adapter.channel() as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        streams = [watch(stub, 100_000) for _ in range(3)]
+        for watched, _ in streams:
+            assert watched.first_chunk.wait(30)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Closing the channel cancels the streams; their slots free up.
+    for _, thread in streams:
+        thread.join(10)
+    with slow_adapter.channel() as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        wait_for(lambda: _stats_ok(stub), 10, "a call once the streams ended")
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetEmbedding(pb.GetEmbeddingRequest(model="embedding", inputs=["x" * 100_000]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _stats_ok(stub: pb_grpc.InferenceServiceStub) -> bool:
+    try:
+        stub.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=5)
+        return True
+    except grpc.RpcError:
+        return False
