@@ -6,6 +6,7 @@ key, with a wrong key, with the right key in each header form, and the admin RPC
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -263,3 +264,24 @@ def test_plain_tls_with_a_bearer_key(small_models: None, pki: Pki, tmp_path: Pat
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         stop_adapter(running)
+
+
+def test_keepalive_pings_with_no_call_open_keep_the_connection(mtls_adapter: RunningAdapter, pki: Pki) -> None:
+    # Like maistro (10 s there; 6 s here to keep the test short): the server must accept pings
+    # every 5 s or more with no call open, not answer them with GOAWAY (too_many_pings).
+    options = [
+        ("grpc.keepalive_time_ms", 6000),
+        ("grpc.keepalive_timeout_ms", 2000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    states: list[grpc.ChannelConnectivity] = []
+    with grpc.secure_channel(mtls_adapter.address, _client_credentials(pki), options=options) as channel:
+        channel.subscribe(states.append, try_to_connect=True)
+        health = health_pb2_grpc.HealthStub(channel)
+        health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        time.sleep(14)  # two pings, no call open
+        health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        channel.unsubscribe(states.append)
+    after_ready = states[states.index(grpc.ChannelConnectivity.READY) :]
+    assert after_ready == [grpc.ChannelConnectivity.READY], f"the connection dropped: {states}"
