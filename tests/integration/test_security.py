@@ -232,7 +232,7 @@ def test_reflection_lists_the_service_and_a_call_built_from_it_alone_works(mtls_
         assert any(m.model == "chunk_counter" for m in response.snapshot.models)
 
 
-def test_plain_tls_with_a_bearer_key(small_models: None, pki: Pki, tmp_path: Path) -> None:
+def test_plain_tls_with_a_bearer_key_and_reflection_off(small_models: None, pki: Pki, tmp_path: Path) -> None:
     running = start_adapter(
         tmp_path / "adapter.log",
         env={
@@ -243,6 +243,7 @@ def test_plain_tls_with_a_bearer_key(small_models: None, pki: Pki, tmp_path: Pat
             "GRPC_KEY_FILE": pki.file("server.key"),
             "GRPC_REQUIRE_API_KEY": "true",
             "GRPC_API_KEY": USER_KEY,
+            "GRPC_ENABLE_REFLECTION": "false",
         },
         credentials=grpc.ssl_channel_credentials(pki.ca.cert),
     )
@@ -258,6 +259,12 @@ def test_plain_tls_with_a_bearer_key(small_models: None, pki: Pki, tmp_path: Pat
             with pytest.raises(grpc.RpcError) as refused:
                 stub.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=30)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # Reflection switched off: the service is not there, key or not.
+            listing = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.RpcError) as refused:
+                reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+                next(iter(reflection.ServerReflectionInfo(iter([listing]), metadata=(("x-api-key", USER_KEY),))))
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
         with grpc.insecure_channel(running.address) as plaintext:
             with pytest.raises(grpc.RpcError) as refused:
                 health_pb2_grpc.HealthStub(plaintext).Check(health_pb2.HealthCheckRequest(), timeout=5)
