@@ -21,12 +21,30 @@ log = logging.getLogger(__name__)
 Code = grpc.StatusCode
 
 
+# gRPC carries a status message in a trailer, percent-encoded, and clients refuse trailers over 8-16 KiB
+# (the call then ends RESOURCE_EXHAUSTED "received metadata size exceeds ..." and our message is lost).
+# Messages quote the request's values (a model name, a role), which can be megabytes: cut them.
+MAX_MESSAGE_BYTES = 1024
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """The message, its middle cut out when its UTF-8 form passes `limit` bytes."""
+    encoded = message.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return message
+    head = encoded[: limit * 3 // 4].decode("utf-8", "ignore")
+    tail = encoded[-(limit // 8) :].decode("utf-8", "ignore")
+    cut = len(message) - len(head) - len(tail)
+    return f"{head} [... {cut} characters cut ...] {tail}"
+
+
 class AdapterError(Exception):
     """An error with the status code a client should see."""
 
     code: grpc.StatusCode = Code.INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = shorten(message)
         super().__init__(message)
         self.message = message
 
@@ -87,6 +105,20 @@ _FROM_TRITON: dict[grpc.StatusCode, type[AdapterError]] = {
 }
 
 
+# A streamed request that Triton refuses before any model sees it (its inputs do not match the
+# model's configuration) comes back as an error message inside the stream, without a status code.
+# These are the messages of Triton's request checks (all INVALID_ARG in Triton): through our API they
+# mean the model named is not of the kind the RPC needs (an embedding model asked to chat).
+_TRITON_REQUEST_CHECKS = (
+    "unexpected inference input",
+    "inputs but got",
+    "unexpected shape for input",
+    "data-type is",
+    "input byte size mismatch",
+    "unexpected inference output",
+)
+
+
 def triton_status(err: BaseException) -> grpc.StatusCode | None:
     """The gRPC code of an error raised by tritonclient (aio call errors or its own exception)."""
     if isinstance(err, grpc.aio.AioRpcError):
@@ -94,7 +126,10 @@ def triton_status(err: BaseException) -> grpc.StatusCode | None:
     if isinstance(err, InferenceServerException):
         status = err.status() or ""
         name = status.rsplit(".", 1)[-1]
-        return Code.__members__.get(name)
+        code = Code.__members__.get(name)
+        if code is None and not status and any(check in (err.message() or "") for check in _TRITON_REQUEST_CHECKS):
+            return Code.INVALID_ARGUMENT
+        return code
     return None
 
 
@@ -114,6 +149,14 @@ def from_triton(err: BaseException, context: str) -> AdapterError:
     message = triton_message(err)
     if code is None and isinstance(err, (ConnectionError, OSError)):
         code = Code.UNAVAILABLE
+    # UNIMPLEMENTED: Triton cannot serve this kind of call with that model (a streaming model asked
+    # for embeddings); a failed request check: the model takes other inputs than this RPC sends.
+    wrong_kind = code == Code.INVALID_ARGUMENT and any(check in message for check in _TRITON_REQUEST_CHECKS)
+    if code == Code.UNIMPLEMENTED or wrong_kind:
+        return InvalidArgument(
+            f"the model cannot serve this call ({context}): it is not a model of the kind this RPC needs; "
+            f"Triton says: {message}"
+        )
     kind = _FROM_TRITON.get(code, Internal) if code is not None else Internal
     if kind is Unavailable:
         return Unavailable(f"Triton is unavailable ({context}): {message}")
@@ -129,7 +172,12 @@ def _internal(err: BaseException, method: str) -> AdapterError:
 
 
 def _to_status(err: BaseException, method: str) -> AdapterError:
-    return err if isinstance(err, AdapterError) else _internal(err, method)
+    if isinstance(err, AdapterError):
+        return err
+    # A Triton error that reached us untranslated still says what went wrong, when it has a code.
+    if isinstance(err, (InferenceServerException, grpc.aio.AioRpcError)) and triton_status(err) is not None:
+        return from_triton(err, method)
+    return _internal(err, method)
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from adapter import validation
 from adapter.config import Settings
@@ -120,21 +120,43 @@ def check_edit_fields(request: pb.EditImageRequest, settings: Settings) -> Image
     )
 
 
-def _decode(name: str, data: bytes) -> tuple[int, int]:
+# An input may be larger than the output (the model resizes it), up to this many times its area:
+# past that, decoding it would only cost memory (a small file can declare a huge picture).
+MAX_INPUT_AREA_FACTOR = 16
+
+
+def _decode(name: str, data: bytes, max_pixels: int) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as picture:
             kind = picture.format
             if kind not in ACCEPTED_FORMATS:
                 raise InvalidArgument(f"{name} must be PNG, JPEG or WebP; got {kind or 'an unknown format'}")
+            width, height = picture.size
+            if width * height > max_pixels:
+                raise InvalidArgument(
+                    f"{name} is {width}x{height}: more than {max_pixels} pixels ({MAX_INPUT_AREA_FACTOR} times "
+                    "IMAGE_MAX_WIDTH x IMAGE_MAX_HEIGHT); scale it down first"
+                )
             picture.load()  # decode it all: a truncated file fails here, not in the model
             return picture.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InvalidArgument(f"{name} is not a readable PNG, JPEG or WebP image ({err})") from None
+    except Image.DecompressionBombError:
+        raise InvalidArgument(
+            f"{name} declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels: refused as a decompression bomb"
+        ) from None
+    except InvalidArgument:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to decode untrusted bytes is a bad image
+        # Pillow's decoders raise more than OSError on crafted files (EOFError, struct.error,
+        # IndexError, ...), and MemoryError on absurd sizes: all mean "not a usable image".
+        raise InvalidArgument(
+            f"{name} is not a readable PNG, JPEG or WebP image ({type(err).__name__}: {err})"
+        ) from None
 
 
 def check_edit_images(spec: ImageSpec, settings: Settings) -> None:
     """Decodes image and mask; checks sizes. Runs in a worker thread."""
-    width, height = _decode("image", spec.image)
+    max_pixels = MAX_INPUT_AREA_FACTOR * settings.image_max_width * settings.image_max_height
+    width, height = _decode("image", spec.image, max_pixels)
     target_w = spec.parameters.get("width", width)
     target_h = spec.parameters.get("height", height)
     if "width" not in spec.parameters or "height" not in spec.parameters:
@@ -145,7 +167,7 @@ def check_edit_images(spec: ImageSpec, settings: Settings) -> None:
                 "set options.width and options.height to resize"
             )
     if spec.mask:
-        mask_size = _decode("mask", spec.mask)
+        mask_size = _decode("mask", spec.mask, max_pixels)
         if mask_size != (width, height):
             raise InvalidArgument(
                 f"mask is {mask_size[0]}x{mask_size[1]} but image is {width}x{height}; they must match"

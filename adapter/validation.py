@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
+
 from adapter.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
 
@@ -109,6 +111,23 @@ def embedding_inputs(inputs: Sequence[str], max_inputs: int, max_total_chars: in
     return list(inputs)
 
 
+# google.protobuf.Duration's documented range: about 10,000 years either way.
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def duration_seconds(name: str, duration: Duration) -> float:
+    """A Duration field in seconds; InvalidArgument naming the field when it is outside the range
+    protobuf documents (any int64 can arrive on the wire, and Python's timedelta overflows)."""
+    if not -MAX_DURATION_SECONDS <= duration.seconds <= MAX_DURATION_SECONDS:
+        raise InvalidArgument(
+            f"{name}.seconds must be within +-{MAX_DURATION_SECONDS} (google.protobuf.Duration's range); "
+            f"got {duration.seconds}"
+        )
+    if not -999_999_999 <= duration.nanos <= 999_999_999:
+        raise InvalidArgument(f"{name}.nanos must be within +-999999999; got {duration.nanos}")
+    return duration.seconds + duration.nanos / 1e9
+
+
 KeepAlive = float | None | str  # seconds; None: keep loaded; "default": leave the model's setting
 
 
@@ -116,5 +135,5 @@ def keep_alive(request: Any) -> KeepAlive:
     """A request's keep_alive: unset keeps the model's setting, negative keeps it loaded for good."""
     if not request.HasField("keep_alive"):
         return "default"
-    seconds = request.keep_alive.ToTimedelta().total_seconds()
+    seconds = duration_seconds("keep_alive", request.keep_alive)
     return None if seconds < 0 else seconds

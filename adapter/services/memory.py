@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from adapter import errors
+from adapter import errors, validation
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.memory_readings import MemoryReading, freed_bytes
 from adapter.scheduler import MemoryProbe, Scheduler, SchedulerEvent
@@ -34,10 +34,20 @@ EVENTS = {
 MIN_SNAPSHOT_INTERVAL_S = 0.1
 
 
+# The last second a google.protobuf.Timestamp can hold (9999-12-31T23:59:59Z).
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+
+
 def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
+
+
+def _expiry(seconds: float) -> Timestamp | None:
+    """When keep-alive unloads a model; None (unset: kept) past what a Timestamp can hold (a keep-alive
+    of thousands of years)."""
+    return _timestamp(seconds) if seconds <= MAX_TIMESTAMP_SECONDS else None
 
 
 def _model_name(model: str) -> str:
@@ -70,8 +80,9 @@ class MemoryService:
             if slot.last_used_wall:
                 model.last_used.CopyFrom(_timestamp(slot.last_used_wall))
             expires = scheduler.expires_at(slot)
-            if expires is not None:
-                model.expires_at.CopyFrom(_timestamp(now_wall + max(0.0, expires - now_clock)))
+            expiry = _expiry(now_wall + max(0.0, expires - now_clock)) if expires is not None else None
+            if expiry is not None:
+                model.expires_at.CopyFrom(expiry)
             models.append(model)
         return pb.MemorySnapshot(
             devices=[
@@ -92,7 +103,7 @@ class MemoryService:
         return pb.GetMemoryStatsResponse(snapshot=await self.snapshot())
 
     async def clear(self, request: pb.ClearMemoryRequest) -> pb.ClearMemoryResponse:
-        wait_s = request.wait_for_idle.ToTimedelta().total_seconds() if request.HasField("wait_for_idle") else 0.0
+        wait_s = validation.duration_seconds("wait_for_idle", request.wait_for_idle)
         if wait_s < 0:
             raise errors.InvalidArgument("wait_for_idle must not be negative")
         before = await self._reading_or_none()
@@ -198,12 +209,12 @@ class MemoryService:
             command = request.set_keep_alive
             if not command.HasField("keep_alive"):
                 raise errors.InvalidArgument("set_keep_alive.keep_alive is required (negative keeps the model loaded)")
-            seconds = command.keep_alive.ToTimedelta().total_seconds()
+            seconds = validation.duration_seconds("set_keep_alive.keep_alive", command.keep_alive)
             await scheduler.set_keep_alive(_model_name(command.model), None if seconds < 0 else seconds)
         elif kind == "get_status":
             return await self.snapshot()
         elif kind == "subscribe":
-            interval = request.subscribe.snapshot_interval.ToTimedelta().total_seconds()
+            interval = validation.duration_seconds("subscribe.snapshot_interval", request.subscribe.snapshot_interval)
             if interval < 0:
                 raise errors.InvalidArgument("subscribe.snapshot_interval must not be negative")
             for task in snapshots:
