@@ -61,8 +61,11 @@ test: test-go test-python
 
 # Measures, does not assert: adapter vs Triton direct in one run; tables under benchmarks/results/.
 bench: models
+	$(PY) -m benchmarks.streaming
 	$(PY) -m benchmarks.embeddings
 	$(PY) -m benchmarks.images
+	$(PY) -m benchmarks.model_loads
+	$(PY) -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
