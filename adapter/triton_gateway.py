@@ -345,6 +345,11 @@ class TritonGateway:
                     break
                 texts: list[bytes] = []
                 for response in responses:
+                    if response.error_message:
+                        # An error response ends its request: it is final (no cancel after it).
+                        final_seen = True
+                        refusal = InferenceServerException(msg=response.error_message)
+                        raise errors.from_triton(refusal, f"streaming from {request.model!r}") from None
                     text, final = _text_response(response)
                     if final is None:
                         texts.append(text)
@@ -422,9 +427,7 @@ def _text_request(request: TextGenerationRequest) -> service_pb2.ModelInferReque
 
 def _text_response(response: Any) -> tuple[bytes, tuple[str, int, int] | None]:
     """(text, None) for a chunk; (text, (finish_reason, prompt_tokens, completion_tokens)) for the
-    final one. Raises Triton's error when the response carries one."""
-    if response.error_message:
-        raise InferenceServerException(msg=response.error_message)
+    final one (the caller handles error responses first)."""
     infer = response.infer_response
     outputs = infer.outputs
     raw = infer.raw_output_contents

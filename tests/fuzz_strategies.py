@@ -404,8 +404,8 @@ def manage_vram_commands(real: list[str], real_weight: int, unknown_weight: int)
     overrides = {
         f"inference.v1.{kind}.model": names for kind in ("LoadModelCommand", "PinModelCommand", "UnpinModelCommand")
     }
-    # Unloading a served model after the other RPCs' fuzzing can hang (reported; not fixed yet) and a
-    # reload costs seconds: unload commands name models that are not served.
+    # A reload costs seconds, and later examples need the served models: unload commands name
+    # models that are not served (ClearMemory's fuzzing, last, unloads served ones).
     overrides["inference.v1.UnloadModelCommand.model"] = model_names(["no-such-model"], 1, 3)
     overrides["inference.v1.SetKeepAliveCommand.model"] = names
     overrides["inference.v1.SetKeepAliveCommand.keep_alive"] = durations()

@@ -141,3 +141,20 @@ async def test_a_stream_that_ends_without_a_final_response_is_internal(gateway: 
     assert (await first).text == "a"
     with pytest.raises(errors.Internal):
         await stream.__anext__()
+
+
+async def test_an_error_response_ends_its_request_and_is_never_followed_by_a_cancel(gateway: TritonGateway) -> None:
+    # Triton refuses a request it cannot run (inputs of another kind of model) with an error
+    # response inside the stream. That response is the request's last: a cancel after it makes
+    # Triton 2.51 count the request in flight forever, and the model can no longer be unloaded.
+    stream = gateway.stream_text(REQUEST)
+    first = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.01)
+    call = gateway._stub.calls[0]  # type: ignore[attr-defined]
+    refusal = service_pb2.ModelStreamInferResponse(error_message="unexpected inference input 'messages' for model 'x'")
+    call.queue.put_nowait(refusal)
+    with pytest.raises(errors.InvalidArgument, match="not a model of the kind"):
+        await first
+    call.queue.put_nowait(grpc.aio.EOF)
+    await asyncio.sleep(0)
+    assert not call.cancelled
