@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 triton_log = logging.getLogger("triton")
 
 SHM_PREFIX = "inference_adapter_"
+# Longer lines of Triton's (and its models') output are cut in the adapter's log.
+MAX_LOG_LINE_BYTES = 8192
 _SHM_DIR = Path("/dev/shm")
 
 
@@ -229,12 +231,30 @@ class EmbeddedTriton:
         await self._wait_ready()
 
     async def _forward_log(self) -> None:
+        """Forwards tritonserver's output line by line. Reads in chunks, not lines: a model can log
+        a line of any length (a tokenizer quoting a huge prompt), and a line reader that gave up on
+        it would stop draining the pipe; Triton, blocked writing its log, then hangs whole."""
         assert self._process and self._process.stdout
-        async for raw in self._process.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip()
-            if line:
-                self._recent_log.append(line)
-                triton_log.info("%s", line)
+        stdout = self._process.stdout
+        pending = b""
+        while chunk := await stdout.read(1 << 16):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                self._log_line(raw)
+            if len(pending) > MAX_LOG_LINE_BYTES:  # no newline in sight: log what we have
+                self._log_line(pending)
+                pending = b""
+        if pending:
+            self._log_line(pending)
+
+    def _log_line(self, raw: bytes) -> None:
+        line = raw[:MAX_LOG_LINE_BYTES].decode("utf-8", errors="replace").rstrip()
+        if len(raw) > MAX_LOG_LINE_BYTES:
+            line += f" [... {len(raw) - MAX_LOG_LINE_BYTES} more bytes]"
+        if line:
+            self._recent_log.append(line)
+            triton_log.info("%s", line)
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout_s

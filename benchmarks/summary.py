@@ -48,6 +48,11 @@ def main() -> None:
         for row in _rows(images):
             if "adapter / direct" in row.get("measure", ""):
                 print(f"Image job, adapter / direct (whole job time): {row['value']}")
+    loads = RESULTS / "model_loads.md"
+    if loads.exists():
+        print("Model loads, adapter / Triton's raw load (median seconds):")
+        for row in _rows(loads):
+            print(f"  {row['model']:10s} {row['what']:13s}: {row['ratio adapter/direct']}")
 
 
 if __name__ == "__main__":
