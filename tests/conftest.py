@@ -29,6 +29,9 @@ def adapter(small_models: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "IMAGE_MAX_WIDTH": "2048",
             "IMAGE_MAX_INPUT_BYTES": "1000000",
             "IMAGE_MAX_QUEUED_JOBS": "6",
+            # Longer than the whole suite: the default (5 min) would unload idle models between the
+            # tests that use them and the ones that check they are loaded.
+            "MODEL_KEEP_ALIVE_SECONDS": "3600",
         },
     )
     try:
