@@ -9,25 +9,26 @@ also runs the handlers' cleanup, which cancels their Triton requests.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from adapter.handler_wrapping import WrappingInterceptor, rewrap
+
 log = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "the adapter is shutting down; retry the call (another instance will take it)"
 
 
-class CallTracker(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs
+class CallTracker(WrappingInterceptor):
     def __init__(self) -> None:
+        super().__init__()
         self._calls: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._cut_off = False
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -52,39 +53,8 @@ class CallTracker(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has
             await asyncio.wait(stragglers, timeout=5)
         return len(stragglers)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        cached = self._wrapped.get(handler_call_details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler)
-        self._wrapped[handler_call_details.method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: Any) -> Any:
-        if handler.request_streaming and handler.response_streaming:
-            behavior, build = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-        elif handler.request_streaming:
-            behavior, build = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-        elif handler.response_streaming:
-            behavior, build = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-        else:
-            behavior, build = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-        if inspect.iscoroutinefunction(behavior):
-            tracked = self._track_coroutine(behavior)
-        elif handler.response_streaming and inspect.isasyncgenfunction(behavior):
-            tracked = self._track_generator(behavior)
-        else:
-            return handler  # synchronous handlers run in the thread pool; none of ours are
-        return build(
-            tracked, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+    def wrap(self, handler: Any, method: str) -> Any:
+        return rewrap(handler, self._track_coroutine, self._track_generator)
 
     def _enter(self) -> asyncio.Task[Any]:
         task = asyncio.current_task()

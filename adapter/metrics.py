@@ -15,7 +15,6 @@ pool) are passed through unrecorded; the adapter has none.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -26,6 +25,8 @@ import grpc
 from grpc._cython import cygrpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
+from adapter.handler_wrapping import Behavior, WrappingInterceptor, rewrap
+
 # Unary RPCs take milliseconds; a streamed chat or an image generation can take minutes.
 RPC_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # From a warm reload (0.1 s) to a large model read from a cold disk (MODEL_LOAD_TIMEOUT's 600 s).
@@ -35,8 +36,6 @@ _OK = grpc.StatusCode.OK
 # What a write raises when the call already ended on the wire (client cancelled, deadline passed) before
 # grpc cancelled the handler: the client saw CANCELLED, not UNKNOWN. grpc names it privately.
 _CALL_ENDED: type[BaseException] = getattr(cygrpc, "ExecuteBatchError", asyncio.CancelledError)
-
-Behavior = Callable[[Any, Any], Any]
 
 
 class AdapterMetrics:
@@ -168,51 +167,15 @@ class _RpcStats:
         self.duration.observe(seconds)
 
 
-class _MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs
+class _MetricsInterceptor(WrappingInterceptor):
     def __init__(self, metrics: AdapterMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        # Full method name -> (the handler grpc resolved, our wrapper of it). Registered handlers are
-        # the same object on every call, so the wrapper is built once per method, not per call.
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # grpc answers UNIMPLEMENTED; not recorded, so clients cannot invent label values
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap(handler, self._metrics._stats_for(method))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-
-def _wrap(handler: Any, stats: _RpcStats) -> Any:
-    """The same handler, recording into `stats`; sync handlers are returned as they are."""
-    if handler.request_streaming and handler.response_streaming:
-        behavior, build = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behavior, build = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behavior, build = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behavior, build = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    # Same tests grpc uses to pick how to run a handler.
-    if inspect.iscoroutinefunction(behavior):
-        # Unary response, or a streaming handler that writes with context.write and returns None.
-        recorded = _record_coroutine(behavior, stats)
-    elif handler.response_streaming and inspect.isasyncgenfunction(behavior):
-        recorded = _record_generator(behavior, stats)
-    else:
-        return handler
-    return build(
-        recorded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
+    def wrap(self, handler: Any, method: str) -> Any:
+        # Unknown methods never get here (grpc answers UNIMPLEMENTED): clients cannot invent labels.
+        stats = self._metrics._stats_for(method)
+        return rewrap(handler, lambda b: _record_coroutine(b, stats), lambda b: _record_generator(b, stats))
 
 
 def _record_coroutine(behavior: Callable[[Any, Any], Awaitable[Any]], stats: _RpcStats) -> Behavior:

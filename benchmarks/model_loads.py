@@ -29,32 +29,22 @@ import tritonclient.grpc.aio as triton_aio
 
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
-from tests.harness import RunningAdapter, build_small_models, start_adapter, stop_adapter
+from tests.harness import (
+    RunningAdapter,
+    alive,
+    build_small_models,
+    rss_bytes,
+    start_adapter,
+    stop_adapter,
+    stub_pids,
+)
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("llm", "embedding", "image")
 
 
 def _stub_pids(adapter: RunningAdapter, model: str) -> set[int]:
-    found = set()
-    for pid in adapter.child_pids():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and "triton_python_backend_stub" in cmdline and f"/{model}/1/model.py" in cmdline:
-            found.add(pid)
-    return found
-
-
-def _rss(pids: set[int]) -> int:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
+    return {pid for pid in stub_pids(adapter, model) if alive(pid)}
 
 
 class Session:
@@ -180,7 +170,7 @@ async def measure(
             for model in ("llm", "embedding"):
                 await _adapter_request(stub, model)
             pids = {model: _stub_pids(adapter, model) for model in MODELS}
-            held = _rss(set().union(*pids.values()))
+            held = rss_bytes(set().union(*pids.values()))
             result = await stub.ClearMemory(pb.ClearMemoryRequest())
             assert sorted(result.unloaded_models) == sorted(MODELS), result
             assert not any(_stub_pids(adapter, model) for model in MODELS), "a stub outlived ClearMemory"

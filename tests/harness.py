@@ -152,3 +152,33 @@ def stop_adapter(adapter: RunningAdapter, timeout_s: float = 40) -> int:
             adapter.process.kill()
             adapter.process.wait()
     return adapter.process.returncode
+
+
+def stub_pids(adapter: RunningAdapter, model: str) -> set[int]:
+    """The python-backend stub processes serving `model` (their command line names its model.py)."""
+    found = set()
+    for pid in adapter.child_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "triton_python_backend_stub" in cmdline and f"/{model}/1/model.py" in cmdline:
+            found.add(pid)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (an exited process its parent has not reaped yet is a zombie: gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def rss_bytes(pids: set[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total

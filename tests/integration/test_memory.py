@@ -10,7 +10,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -18,7 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
-from tests.harness import RunningAdapter, start_adapter, stop_adapter
+from tests.harness import RunningAdapter, alive, rss_bytes, start_adapter, stop_adapter, stub_pids
 
 MODELS = ("llm", "embedding", "image")
 # States in which a model counts against the budget.
@@ -32,36 +31,6 @@ def stats(stub: pb_grpc.InferenceServiceStub) -> dict[str, pb.ModelMemory]:
 
 def loaded(stub: pb_grpc.InferenceServiceStub) -> set[str]:
     return {name for name, m in stats(stub).items() if m.state == pb.MODEL_STATE_LOADED}
-
-
-def stub_pids(adapter: RunningAdapter, model: str) -> set[int]:
-    """The python-backend stub processes serving `model` (their command line names its model.py)."""
-    found = set()
-    for pid in adapter.child_pids():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "triton_python_backend_stub" in cmdline and f"/{model}/1/model.py" in cmdline:
-            found.add(pid)
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Running (an exited process its parent has not reaped yet is a zombie: gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def rss_bytes(pids: set[int]) -> int:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
 
 
 def use(stub: pb_grpc.InferenceServiceStub, model: str, keep_alive_s: float | None = None) -> None:

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
-from tests.harness import RunningAdapter, start_adapter, stop_adapter
+from tests.harness import RunningAdapter, alive, start_adapter, stop_adapter
 
 SLOW_STREAMS = {"PRELOAD_MODELS": "chunk_counter", "CHUNK_COUNTER_INTERVAL_MS": "20"}
 
@@ -84,13 +84,6 @@ def wait_for(predicate: object, timeout_s: float, what: str) -> float:
         assert time.monotonic() - started < timeout_s, f"{what} not within {timeout_s}s"
         time.sleep(0.05)
     return time.monotonic() - started
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("slow_adapter", [{"TRITON_HEALTH_INTERVAL_SECONDS": "0.5"}], indirect=True)
