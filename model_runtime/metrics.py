@@ -10,17 +10,24 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from model_runtime.model_config import process_memory_bytes
+from model_runtime.model_config import device_label, process_memory_bytes
 
 
 class ModelMetrics:
-    def __init__(self, pb_utils: Any, model_name: str) -> None:
+    def __init__(self, pb_utils: Any, model_name: str, device: Any = None) -> None:
+        """device: where the model's weights are (torch.device); the memory gauge then carries a
+        `device` label in the adapter's naming (gpu:GPU-<uuid> or cpu), which is how the adapter
+        learns which GPU's budget the model uses."""
         self._pb_utils = pb_utils
         self._families: dict[str, Any] = {}
         self.labels = {"model": model_name}
         self._published_at = 0.0
+        self._device = device
+        placement = {"device": device_label(device)} if device is not None else {}
         self._memory = self.gauge(
-            "model_memory_bytes", "Memory held by the model's process (CUDA reserved, or resident on CPU)"
+            "model_memory_bytes",
+            "Memory held by the model's process (CUDA reserved on its GPU, or resident on CPU)",
+            **placement,
         )
 
     def _family(self, name: str, description: str, kind: Any) -> Any:
@@ -43,4 +50,4 @@ class ModelMetrics:
         if at_most_every_s and now - self._published_at < at_most_every_s:
             return
         self._published_at = now
-        self._memory.set(process_memory_bytes())
+        self._memory.set(process_memory_bytes(self._device))

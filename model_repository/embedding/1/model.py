@@ -15,11 +15,12 @@ from transformers import AutoModel, AutoTokenizer
 
 from model_runtime.embeddings import POOLING_MODES, model_max_length, normalize_rows, pool
 from model_runtime.metrics import ModelMetrics
-from model_runtime.model_config import ModelParameters, pick_device
+from model_runtime.model_config import ModelParameters, require_cuda_if_expected, triton_device
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
+        require_cuda_if_expected()  # the GPU image must not fall back to the CPU silently
         params = ModelParameters(args["model_config"])
         model_id = params.string("model_id", "", env="EMBEDDING_MODEL_ID")
         if not model_id:
@@ -27,13 +28,15 @@ class TritonPythonModel:
         self.pooling = params.string("pooling", "mean")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"parameter pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
-        self.device = pick_device()
+        # The GPU Triton assigned to this instance (KIND_GPU), else cuda (KIND_MODEL), else CPU.
+        # float32 everywhere: a small model, and the vectors' precision is what it is for.
+        self.device = triton_device(args)
         self.tokenizer = AutoTokenizer.from_pretrained(model_id)
         self.model = AutoModel.from_pretrained(model_id).to(self.device).eval()
         self.max_length = model_max_length(
             model_id, self.tokenizer, self.model.config, params.integer("max_length", 0, minimum=0)
         )
-        self.metrics = ModelMetrics(pb_utils, args["model_name"])
+        self.metrics = ModelMetrics(pb_utils, args["model_name"], self.device)
         self.metrics.publish_memory()
 
     def execute(self, requests: list[Any]) -> list[Any]:

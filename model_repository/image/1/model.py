@@ -24,9 +24,19 @@ import torch
 import triton_python_backend_utils as pb_utils
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-from model_runtime.images import ImageJob, ImageLimits, InvalidImageRequest, build_job, encode_png, planned_steps
+from model_runtime.images import (
+    DEFAULT_VAE_TILING_ABOVE_PIXELS,
+    ImageJob,
+    ImageLimits,
+    InvalidImageRequest,
+    apply_vae_plan,
+    build_job,
+    encode_png,
+    planned_steps,
+    vae_memory_plan,
+)
 from model_runtime.metrics import ModelMetrics
-from model_runtime.model_config import ModelParameters, pick_device
+from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_POLL_SECONDS = 0.02
@@ -52,6 +62,7 @@ def _float_parameter(params: ModelParameters, key: str, default: float) -> float
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
+        require_cuda_if_expected()  # the GPU image must not fall back to the CPU silently
         params = ModelParameters(args["model_config"])
         self.model_name = args["model_name"]
         model_id = params.string("model_id", DEFAULT_MODEL_ID, env="IMAGE_MODEL_ID")
@@ -65,8 +76,13 @@ class TritonPythonModel:
             default_steps=params.integer("default_steps", 30, minimum=1),
             default_guidance_scale=_float_parameter(params, "default_guidance_scale", 7.5),
         )
-        self.device = pick_device()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.vae_tiling_above_pixels = params.integer(
+            "vae_tiling_above_pixels", DEFAULT_VAE_TILING_ABOVE_PIXELS, minimum=0
+        )
+        # The GPU Triton assigned to this instance (KIND_GPU), else cuda (KIND_MODEL), else CPU.
+        self.device = triton_device(args)
+        # float16 on every GPU: SD 1.5 is published with fp16 weights and runs well in them.
+        dtype = preferred_dtype(self.device, bf16=False)
         started = time.monotonic()
         # No safety checker: the contract has no NSFW flag to report, and it would double the load.
         self.txt2img = StableDiffusionPipeline.from_pretrained(
@@ -87,7 +103,7 @@ class TritonPythonModel:
         )
 
     def _define_metrics(self) -> None:
-        self.metrics = ModelMetrics(pb_utils, self.model_name)
+        self.metrics = ModelMetrics(pb_utils, self.model_name, self.device)
         self.jobs = {
             outcome: self.metrics.counter("image_jobs_total", "Image requests finished, by outcome", outcome=outcome)
             for outcome in OUTCOMES
@@ -226,6 +242,8 @@ class TritonPythonModel:
             kwargs.update(
                 image=job.image, mask_image=job.mask, strength=job.strength, width=job.width, height=job.height
             )
+        # Bounds the VAE decode's memory peak (large images, several images per call).
+        apply_vae_plan(pipe.vae, vae_memory_plan(job.width, job.height, job.num_images, self.vae_tiling_above_pixels))
         with torch.inference_mode():
             images = pipe(**kwargs).images
         if stop_event.is_set():
