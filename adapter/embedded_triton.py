@@ -19,6 +19,7 @@ import sysconfig
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,9 @@ class EmbeddedTriton:
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self.restarts = 0
+        # Told at once when the server exits unexpectedly (before the restart): no probe needed to
+        # know it is gone. Called with the exit code, on the event loop.
+        self.on_exit: Callable[[int | None], None] | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -183,6 +187,11 @@ class EmbeddedTriton:
                 code,
                 "\n".join(self._recent_log),
             )
+            if self.on_exit is not None:
+                try:
+                    self.on_exit(code)
+                except Exception:  # noqa: BLE001 - the restart must happen whatever the listener does
+                    log.exception("reacting to tritonserver's exit failed")
             await self._reap()
             while not self._stopping:
                 await asyncio.sleep(backoff_s)

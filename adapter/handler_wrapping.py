@@ -10,16 +10,19 @@ from typing import Any
 import grpc
 
 Behavior = Callable[[Any, Any], Awaitable[Any]]
+_KEEP: Any = object()  # rewrap's default: the handler keeps its request deserializer
 
 
 def rewrap(
     handler: Any,
     wrap_coroutine: Callable[[Any], Behavior],
     wrap_generator: Callable[[Any], Behavior],
+    request_deserializer: Any = _KEEP,
 ) -> Any:
     """The same handler with its behavior wrapped: `wrap_coroutine` for a coroutine (a unary response,
     or a stream written with context.write), `wrap_generator` for an async generator of responses.
-    Synchronous handlers (none of ours) are returned as they are."""
+    Synchronous handlers (none of ours) are returned as they are. `request_deserializer`, when given,
+    replaces the handler's."""
     if handler.request_streaming and handler.response_streaming:
         behavior, build = handler.stream_stream, grpc.stream_stream_rpc_method_handler
     elif handler.request_streaming:
@@ -35,9 +38,9 @@ def rewrap(
         wrapped = wrap_generator(behavior)
     else:
         return handler
-    return build(
-        wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
+    if request_deserializer is _KEEP:
+        request_deserializer = handler.request_deserializer
+    return build(wrapped, request_deserializer=request_deserializer, response_serializer=handler.response_serializer)
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs

@@ -12,8 +12,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from adapter import errors
 from adapter.auth import ApiKeyInterceptor, ApiKeyPolicy
 from adapter.config import Settings
+from adapter.decoding import DecodeGuard
 from adapter.draining import CallTracker
 from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
 from adapter.gen.inference.v1 import inference_pb2 as pb
@@ -62,6 +64,9 @@ class Adapter:
         self.metrics = AdapterMetrics()
         self.calls = CallTracker()
         self.watcher: TritonHealthWatcher | None = None
+        self._triton_generation = 0  # counts Triton's outages: a recovery from an older one is stale
+        self._recovery: asyncio.Task[None] | None = None
+        self._reactions: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         s = self.settings
@@ -114,6 +119,8 @@ class Adapter:
         policy = ApiKeyPolicy(s.grpc_api_key, s.grpc_admin_api_key, s.grpc_require_api_key)
         if policy.enabled:
             interceptors.append(ApiKeyInterceptor(policy))
+        # Undecodable requests end INVALID_ARGUMENT (one WARNING line), on every method.
+        interceptors.append(DecodeGuard())
         interceptors.append(self.calls)
         # The pool runs any synchronous handler work off the event loop (GRPC_MAX_WORKERS threads).
         # Past GRPC_MAX_CONCURRENT_RPCS calls at once, gRPC itself answers RESOURCE_EXHAUSTED.
@@ -149,10 +156,17 @@ class Adapter:
         metrics_port = await self.metrics.start_http(s.grpc_host, s.metrics_port)
         log.info("adapter metrics on http://%s:%d/metrics (Triton's: %s)", s.grpc_host, metrics_port, metrics_url)
         await self._set_health(True)
+        # One failed probe is enough: a load balancer must not send traffic to a replica whose Triton
+        # is gone, however short the outage (an embedded one restarts within about a second).
         self.watcher = TritonHealthWatcher(
-            self.gateway.is_ready, self._triton_readiness_changed, interval_s=s.triton_health_interval_s
+            self.gateway.is_ready,
+            self._triton_readiness_changed,
+            interval_s=s.triton_health_interval_s,
+            failures_to_flip=1,
         )
         self._background.append(asyncio.get_running_loop().create_task(self.watcher.run()))
+        if self.triton is not None:
+            self.triton.on_exit = self._embedded_triton_exited
         log.info(
             "adapter serving %s on %s (%s%s; Triton at %s)",
             SERVICE_NAME,
@@ -167,14 +181,47 @@ class Adapter:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
 
+    def _embedded_triton_exited(self, code: int | None) -> None:
+        """The supervisor saw the embedded Triton exit: NOT_SERVING at once, before any probe."""
+        if self.watcher is not None:
+            task = asyncio.get_running_loop().create_task(
+                self.watcher.mark_down(f"gone (the embedded tritonserver exited with code {code})")
+            )
+            self._reactions.add(task)
+            task.add_done_callback(self._reactions.discard)
+
     async def _triton_readiness_changed(self, ready: bool) -> None:
-        await self._set_health(ready)
-        if ready and self.scheduler is not None and self.gateway is not None:
+        """Down: NOT_SERVING at once. Back: SERVING only once the scheduler knows what Triton lost
+        and PRELOAD_MODELS are loaded again, as at start-up (in the background)."""
+        if not ready:
+            self._triton_generation += 1
+            if self._recovery is not None:
+                self._recovery.cancel()
+            await self._set_health(False)
+            return
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover(self._triton_generation))
+
+    async def _recover(self, generation: int) -> None:
+        assert self.scheduler is not None and self.gateway is not None
+        try:
             lost = await self.scheduler.resync()
             for model in lost:
                 self.gateway.forget(model)
             if lost:
-                log.warning("Triton came back without %s; they load again on their next request", ", ".join(lost))
+                log.warning("Triton came back without %s; loading the preloaded ones again", ", ".join(lost))
+            if not await self._preload(self.scheduler) or not await self.gateway.is_ready():
+                raise errors.Unavailable("Triton went away again while the preloaded models were loading")
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - retried on the next successful probe
+            log.warning("Triton answers but cannot serve yet (%s); trying again", err)
+            if generation == self._triton_generation and self.watcher is not None:
+                self.watcher.recheck()
+            return
+        if generation == self._triton_generation:
+            await self._set_health(True)
+            log.info("Triton is back and PRELOAD_MODELS are loaded: health SERVING")
 
     def _observe_slot(self, slot: ModelSlot) -> None:
         self.metrics.set_in_flight(slot.name, slot.in_flight)
@@ -197,19 +244,24 @@ class Adapter:
             )
             self.metrics.model_unloaded(event.model, reason)
 
-    async def _preload(self, scheduler: Scheduler) -> None:
+    async def _preload(self, scheduler: Scheduler) -> bool:
+        """Loads PRELOAD_MODELS. False when Triton was unreachable for one (a model that fails to
+        load is logged and served anyway: its requests report the reason)."""
+        reachable = True
         for model in self.settings.preload_models:
             try:
                 seconds = await scheduler.load(model)
                 log.info("preloaded %s (%.1fs)", model, seconds)
             except Exception as err:  # noqa: BLE001 - serve anyway; requests will report the reason
                 log.error("could not preload model %s: %s", model, err)
+                reachable = reachable and not isinstance(err, errors.Unavailable)
+        return reachable
 
     async def stop(self) -> None:
         """NOT_SERVING; refuse new calls; let running ones finish within the grace period, end the
         rest with UNAVAILABLE (their Triton requests cancelled); then stop Triton."""
         await self.health.enter_graceful_shutdown()
-        for task in self._background:
+        for task in [*self._background, *self._reactions, *([self._recovery] if self._recovery else [])]:
             task.cancel()
         if self.server is not None:
             grace = self.settings.shutdown_grace_s

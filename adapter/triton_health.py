@@ -41,17 +41,35 @@ class TritonHealthWatcher:
         self._failures = 0 if ready else self._failures + 1
         if not ready and self._failures < self._failures_to_flip:
             return self.ready
-        if ready != self.ready:
-            self.ready = ready
-            if ready:
-                log.info("Triton is ready again: serving")
-            else:
-                log.error("Triton is unreachable or not ready: health NOT_SERVING until it returns")
-            try:
-                await self._on_change(ready)
-            except Exception:  # noqa: BLE001 - the watcher must outlive a failing reaction
-                log.exception("reacting to Triton's readiness change failed")
+        await self._change(ready)
         return ready
+
+    async def mark_down(self, why: str) -> None:
+        """Triton is known to be gone without a probe (the supervisor of the embedded one saw it
+        exit): NOT_SERVING now; the next successful probe reports its return."""
+        self._failures = max(self._failures, self._failures_to_flip)
+        await self._change(False, why)
+
+    def recheck(self) -> None:
+        """Forget that Triton was seen ready (quietly): the next successful probe reports it ready
+        again, so a reaction to its return that could not finish is tried again."""
+        self.ready = False
+
+    async def _change(self, ready: bool, why: str = "") -> None:
+        if ready == self.ready:
+            return
+        self.ready = ready
+        if ready:
+            log.info("Triton answers again")
+        else:
+            log.error(
+                "Triton is %s: health NOT_SERVING until it is back and ready",
+                why or "unreachable or not ready",
+            )
+        try:
+            await self._on_change(ready)
+        except Exception:  # noqa: BLE001 - the watcher must outlive a failing reaction
+            log.exception("reacting to Triton's readiness change failed")
 
     async def run(self) -> None:
         while True:

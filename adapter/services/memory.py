@@ -134,10 +134,15 @@ class MemoryService:
         snapshots: list[asyncio.Task[None]] = []
 
         async def read() -> None:
-            async for request in requests:
-                task = asyncio.get_running_loop().create_task(self._answer(request, out, snapshots))
-                commands.add(task)
-                task.add_done_callback(commands.discard)
+            try:
+                async for request in requests:
+                    task = asyncio.get_running_loop().create_task(self._answer(request, out, snapshots))
+                    commands.add(task)
+                    task.add_done_callback(commands.discard)
+            except Exception:
+                # A broken request stream (an undecodable message): end the call now, with its status.
+                out.put_nowait(None)
+                raise
             # The client half-closed: finish the commands it sent, then end the stream.
             if commands:
                 await asyncio.gather(*commands, return_exceptions=True)
@@ -155,6 +160,8 @@ class MemoryService:
             remove_listener()
             for task in [reader, *commands, *snapshots]:
                 task.cancel()
+            if reader.done() and not reader.cancelled():
+                reader.exception()  # retrieved: its failure is this call's status, not a log line at exit
 
     @staticmethod
     def _event(event: SchedulerEvent) -> pb.ManageVRAMResponse:

@@ -172,3 +172,64 @@ def _stats_ok(stub: pb_grpc.InferenceServiceStub) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+def test_health_is_not_serving_from_tritons_exit_until_it_is_back_with_the_preloaded_models(
+    slow_adapter: RunningAdapter,
+) -> None:
+    """Polled every 100 ms from before a SIGKILL under live streams: the embedded Triton is back
+    within about a second, yet health is NOT_SERVING from its exit until the preloaded model is
+    loaded again (by the adapter itself, in the background), and SERVING only then."""
+    with slow_adapter.channel() as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        streams = [watch(stub, 100_000) for _ in range(2)]
+        for watched, _ in streams:
+            assert watched.first_chunk.wait(30)
+        seen: list[tuple[float, int]] = []
+        loaded_when_serving: list[bool] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            with slow_adapter.channel() as own:
+                own_stub = pb_grpc.InferenceServiceStub(own)
+                while not stop.is_set():
+                    status = health_status(own)
+                    seen.append((time.monotonic(), status))
+                    if status == health_pb2.HealthCheckResponse.SERVING and len(seen) > 1 and seen[-2][1] != status:
+                        # The moment health says SERVING again, the preloaded model must be loaded.
+                        snapshot = own_stub.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=10).snapshot
+                        states = {m.model: m.state for m in snapshot.models}
+                        loaded_when_serving.append(states.get("chunk_counter") == pb.MODEL_STATE_LOADED)
+                    time.sleep(0.1)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        time.sleep(0.5)
+        os.kill(slow_adapter.triton_pid(), signal.SIGKILL)
+        killed_at = time.monotonic()
+        for watched, thread in streams:
+            thread.join(10)
+            assert watched.code == grpc.StatusCode.UNAVAILABLE, (watched.code, watched.details)
+        try:
+            wait_for(lambda: bool(loaded_when_serving), 90, "SERVING again")
+        finally:
+            stop.set()
+            poller.join(10)
+        before = [status for at, status in seen if at < killed_at]
+        assert before and all(s == health_pb2.HealthCheckResponse.SERVING for s in before)
+        down = [at for at, status in seen if at >= killed_at and status == health_pb2.HealthCheckResponse.NOT_SERVING]
+        assert down, f"health never left SERVING: {seen}"
+        assert down[0] - killed_at < 1.0, "NOT_SERVING came later than a second after Triton's exit"
+        # NOT_SERVING without a break until the model was back (no SERVING while it was not loaded).
+        back = next(at for at, status in seen if at > down[0] and status == health_pb2.HealthCheckResponse.SERVING)
+        assert all(s != health_pb2.HealthCheckResponse.SERVING for at, s in seen if down[0] <= at < back)
+        assert loaded_when_serving == [True]
+        log = slow_adapter.log_path.read_text(errors="replace")
+        assert "embedded tritonserver restarted" in log and "PRELOAD_MODELS are loaded" in log
+        responses = list(
+            stub.GenerateStream(
+                pb.GenerateStreamRequest(model="chunk_counter", prompt="x", options=pb.GenerationOptions(max_tokens=3)),
+                timeout=30,
+            )
+        )
+        assert responses[-1].done and responses[-1].timings.load_duration.ToTimedelta().total_seconds() == 0

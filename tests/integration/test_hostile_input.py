@@ -1,0 +1,103 @@
+"""Hostile input on the real adapter: bytes that are not a request message, on every kind of RPC.
+
+Each call ends INVALID_ARGUMENT with a short message, the adapter logs one WARNING line for it and
+no traceback, and a request stream (ManageVRAM) that carries such bytes ends at once instead of
+going silent while it holds a call slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from adapter.gen.inference.v1 import inference_pb2 as pb
+from tests.harness import RunningAdapter
+
+SERVICE = "/inference.v1.InferenceService/"
+# Field 1 (a string in every request here) holding bytes that are not UTF-8.
+INVALID_UTF8 = bytes.fromhex("0a03fffefd")
+# Field 1 announcing 5 bytes, then only 2: a truncated message.
+TRUNCATED = b"\x0a\x05ab"
+
+UNARY = ["GetEmbedding", "GenerateImage", "EditImage", "CheckImageStatus"]
+# Their field 1 is not a string: INVALID_UTF8 is a valid message with an unknown field for them.
+UNARY_WITHOUT_STRINGS = ["ClearMemory", "GetMemoryStats"]
+SERVER_STREAMING = ["ChatStream", "GenerateStream"]
+
+
+def _log_counts(adapter: RunningAdapter) -> tuple[int, int]:
+    text = adapter.log_path.read_text(errors="replace")
+    return text.count("Traceback"), text.count("refused an undecodable")
+
+
+def _check_refusal(err: grpc.RpcError) -> None:
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+    details = err.details() or ""
+    assert "could not be decoded" in details and len(details) < 400
+    assert "DecodeError" not in details and "class" not in details
+
+
+@pytest.mark.parametrize("payload", [INVALID_UTF8, TRUNCATED], ids=["invalid-utf8", "truncated"])
+def test_undecodable_requests_are_invalid_argument_with_one_warning_and_no_traceback(
+    adapter: RunningAdapter, channel: grpc.Channel, payload: bytes
+) -> None:
+    tracebacks, warnings = _log_counts(adapter)
+    calls = 0
+    for method in UNARY + (UNARY_WITHOUT_STRINGS if payload == TRUNCATED else []):
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(SERVICE + method)(payload, timeout=10)
+        _check_refusal(refused.value)
+        calls += 1
+    for method in SERVER_STREAMING:
+        with pytest.raises(grpc.RpcError) as refused:
+            list(channel.unary_stream(SERVICE + method)(payload, timeout=10))
+        _check_refusal(refused.value)
+        calls += 1
+    with pytest.raises(grpc.RpcError) as refused:  # health too
+        channel.unary_unary("/grpc.health.v1.Health/Check")(payload, timeout=10)
+    _check_refusal(refused.value)
+    calls += 1
+    time.sleep(0.5)  # the log is written by the adapter process
+    after_tracebacks, after_warnings = _log_counts(adapter)
+    assert after_tracebacks == tracebacks, adapter.log_tail()
+    assert after_warnings - warnings == calls
+
+
+def test_manage_vram_ends_invalid_argument_at_the_first_undecodable_command(
+    adapter: RunningAdapter, channel: grpc.Channel
+) -> None:
+    tracebacks, warnings = _log_counts(adapter)
+    release = threading.Event()
+
+    def commands() -> Iterator[bytes]:
+        yield pb.ManageVRAMRequest(command_id="first", get_status=pb.GetStatusCommand()).SerializeToString()
+        yield INVALID_UTF8
+        yield pb.ManageVRAMRequest(command_id="after", get_status=pb.GetStatusCommand()).SerializeToString()
+        release.wait(30)  # the client keeps its side open: the server must end the call itself
+
+    call = channel.stream_stream(SERVICE + "ManageVRAM", response_deserializer=pb.ManageVRAMResponse.FromString)
+    answered = []
+    started = time.monotonic()
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            for response in call(commands(), timeout=30):
+                if response.HasField("result"):
+                    answered.append(response.result.command_id)
+    finally:
+        release.set()
+    _check_refusal(refused.value)
+    assert time.monotonic() - started < 5, "the stream stayed open after the undecodable command"
+    assert "after" not in answered
+    time.sleep(0.5)
+    after_tracebacks, after_warnings = _log_counts(adapter)
+    assert after_tracebacks == tracebacks, adapter.log_tail()
+    assert after_warnings - warnings == 1
+    # The call slot is free again and the service answers.
+    stats = pb.GetMemoryStatsResponse.FromString(
+        channel.unary_unary(SERVICE + "GetMemoryStats")(pb.GetMemoryStatsRequest().SerializeToString(), timeout=10)
+    )
+    assert stats.snapshot.budget_bytes > 0
