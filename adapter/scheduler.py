@@ -67,7 +67,9 @@ class ModelSlot:
     queued: int = 0  # accepted work not started yet (image jobs in their queue)
     last_used: float = 0.0  # scheduler clock
     last_used_wall: float = 0.0
-    keep_alive_s: float | None = 300.0  # None: forever
+    keep_alive_s: float | None = 300.0  # the model's own (server default or set_keep_alive); None: forever
+    # The latest request's keep_alive, which governs the idle time after it: DEFAULT takes keep_alive_s.
+    request_keep_alive: float | None | str = "default"
     reason: str = ""
     load_task: asyncio.Task[None] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set on every state/in-flight change
@@ -195,12 +197,13 @@ class Scheduler:
     async def use(self, model: str, keep_alive_s: float | None | str = "default") -> AsyncIterator[float]:
         """Holds the model loaded for the body; yields the seconds this call spent waiting for a load.
 
-        keep_alive_s: "default" leaves the model's keep-alive as it is; a number sets it (0: unload
-        right after this request); None keeps the model loaded until told otherwise.
+        keep_alive_s governs only the idle time after this request (the latest request's choice wins,
+        as in Ollama): "default" takes the model's keep-alive (the server's default unless
+        set_keep_alive changed it); a number of seconds (0: unload right after this request); None
+        keeps the model loaded until a later request or set_keep_alive says otherwise.
         """
         slot = await self.slot(model)
-        if keep_alive_s != "default":
-            slot.keep_alive_s = keep_alive_s  # type: ignore[assignment]
+        slot.request_keep_alive = keep_alive_s
         waited = await self._wait_loaded(slot)
         slot.in_flight += 1
         slot.touch()
@@ -210,7 +213,7 @@ class Scheduler:
             slot.in_flight -= 1
             slot.last_used, slot.last_used_wall = self._clock(), self._wall()
             slot.touch()
-            if not slot.busy and slot.keep_alive_s == 0 and not slot.pinned:
+            if not slot.busy and self.keep_alive_of(slot) == 0 and not slot.pinned:
                 asyncio.get_running_loop().create_task(
                     self._unload_quietly(slot, "keep-alive 0: unloaded after the request")
                 )
@@ -371,6 +374,7 @@ class Scheduler:
     async def set_keep_alive(self, model: str, keep_alive_s: float | None) -> None:
         slot = await self.slot(model)
         slot.keep_alive_s = keep_alive_s
+        slot.request_keep_alive = "default"  # applies from now, until a request chooses otherwise
         slot.touch()
 
     async def clear(self, include_pinned: bool, wait_for_idle_s: float) -> ClearResult:
@@ -422,11 +426,18 @@ class Scheduler:
 
     # ---- keep-alive ------------------------------------------------------------------------
 
+    @staticmethod
+    def keep_alive_of(slot: ModelSlot) -> float | None:
+        """The keep-alive that governs the model's idle time now: its latest request's, else its own."""
+        chosen = slot.request_keep_alive
+        return slot.keep_alive_s if isinstance(chosen, str) else chosen
+
     def expires_at(self, slot: ModelSlot) -> float | None:
         """Scheduler-clock time at which keep-alive unloads the model if it stays idle."""
-        if slot.state != LOADED or slot.pinned or slot.keep_alive_s is None or slot.busy:
+        keep_alive = self.keep_alive_of(slot)
+        if slot.state != LOADED or slot.pinned or keep_alive is None or slot.busy:
             return None
-        return slot.last_used + slot.keep_alive_s
+        return slot.last_used + keep_alive
 
     async def expire_idle(self) -> list[str]:
         """Unloads the models whose keep-alive has run out; returns them."""

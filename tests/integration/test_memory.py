@@ -289,3 +289,35 @@ def test_200_concurrent_requests_across_three_models_never_pass_a_budget_for_two
     ]
     assert not unexpected, unexpected[:5]
     assert outcomes.count("OK") >= 3, "the scheduler served almost nothing"
+
+
+def _expires_in(stub: pb_grpc.InferenceServiceStub, model: str) -> float | None:
+    entry = stats(stub)[model]
+    return entry.expires_at.ToDatetime().timestamp() - time.time() if entry.HasField("expires_at") else None
+
+
+def test_a_request_keep_alive_governs_only_the_time_after_that_request(
+    bstub: pb_grpc.InferenceServiceStub, budgeted: RunningAdapter
+) -> None:
+    """0 then unset: only the first request unloads the model; later ones take the server default
+    (one load for them all). Negative then unset: kept for good, then the default again."""
+    use(bstub, "embedding", keep_alive_s=0)
+    deadline = time.monotonic() + 30
+    while stats(bstub)["embedding"].state != pb.MODEL_STATE_UNLOADED:
+        assert time.monotonic() < deadline, "keep-alive 0 did not unload the model"
+        time.sleep(0.1)
+    use(bstub, "embedding")
+    processes = stub_pids(budgeted, "embedding")
+    for _ in range(2):
+        use(bstub, "embedding")
+        time.sleep(1.5)  # a keep-alive 0 unload would have started by now
+        assert stats(bstub)["embedding"].state == pb.MODEL_STATE_LOADED
+        expires = _expires_in(bstub, "embedding")
+        assert expires is not None and 250 < expires <= 301, expires  # the server default, 300 s
+    assert stub_pids(budgeted, "embedding") == processes, "a later request loaded the model again"
+
+    use(bstub, "embedding", keep_alive_s=-5)
+    assert _expires_in(bstub, "embedding") is None  # kept loaded
+    use(bstub, "embedding")
+    expires = _expires_in(bstub, "embedding")
+    assert expires is not None and 250 < expires <= 301, expires

@@ -288,3 +288,54 @@ async def test_queued_work_keeps_its_model_from_eviction_keep_alive_and_clear() 
     assert result.unloaded == ["c"] and result.skipped == ["a (busy: 0 in flight, 0 waiting, 1 queued)"]
     scheduler.add_queued("a", -1)
     assert (await scheduler.clear(include_pinned=False, wait_for_idle_s=0)).unloaded == ["a"]
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_a_request_keep_alive_of_zero_governs_only_the_time_after_that_request() -> None:
+    scheduler, triton, clock, _ = make(budget=1000, default_keep_alive_s=60)
+    async with scheduler.use("a", keep_alive_s=0):
+        pass
+    await settle()
+    assert triton.loaded == set()  # unloaded right after the request that asked for it
+    for _ in range(3):  # later requests without keep_alive take the server default: no unload each time
+        async with scheduler.use("a"):
+            pass
+        await settle()
+        assert triton.loaded == {"a"}
+    assert triton.loads == ["a", "a"]
+    clock.now += 59
+    assert await scheduler.expire_idle() == []
+    clock.now += 2
+    assert await scheduler.expire_idle() == ["a"]
+
+
+async def test_a_negative_request_keep_alive_is_undone_by_the_next_request_without_one() -> None:
+    scheduler, triton, clock, _ = make(budget=1000, default_keep_alive_s=60)
+    async with scheduler.use("a", keep_alive_s=None):  # negative on the wire: kept loaded
+        pass
+    clock.now += 10_000
+    assert await scheduler.expire_idle() == []
+    assert (await scheduler.slot("a")).keep_alive_s == 60  # the model's own setting is untouched
+    await use_once(scheduler, clock, "a")  # unset: the server default governs again
+    clock.now += 61
+    assert await scheduler.expire_idle() == ["a"]
+
+
+async def test_the_latest_request_chooses_the_expiry() -> None:
+    scheduler, triton, clock, _ = make(budget=1000, default_keep_alive_s=60)
+    async with scheduler.use("a", keep_alive_s=600):
+        pass
+    slot = await scheduler.slot("a")
+    assert scheduler.expires_at(slot) == clock.now + 600
+    async with scheduler.use("a", keep_alive_s=5):
+        pass
+    assert scheduler.expires_at(slot) == clock.now + 5
+    await scheduler.set_keep_alive("a", 30)  # ManageVRAM: the model's own keep-alive, from now on
+    assert scheduler.expires_at(slot) == clock.now + 30
+    async with scheduler.use("a"):
+        pass
+    assert scheduler.expires_at(slot) == clock.now + 30
