@@ -8,6 +8,7 @@ import sys
 
 from adapter.config import ConfigError, load_settings
 from adapter.embedded_triton import EmbeddedTritonError
+from adapter.scheduler import NoGpuMetrics
 from adapter.server import serve
 
 
@@ -27,6 +28,9 @@ def main() -> int:
     except EmbeddedTritonError as err:
         logging.getLogger("adapter").error("%s", err)
         return 1
+    except NoGpuMetrics as err:
+        logging.getLogger("adapter").error("cannot start: %s", err.message)
+        return 2
     except OSError as err:
         logging.getLogger("adapter").error("cannot start: %s", err)
         return 1

@@ -72,8 +72,11 @@ class Settings:
     # Inputs waiting for or inside the embedding model, all requests together; past it: RESOURCE_EXHAUSTED.
     embedding_max_pending_inputs: int = 8192
     # Model scheduler.
-    vram_budget_bytes: int = 0  # 0: a fraction of the device memory Triton reports
+    vram_budget_bytes: int = 0  # per device; 0: a fraction of each device's memory as Triton reports it
     vram_budget_fraction: float = 0.9
+    # INFERENCE_REQUIRE_CUDA: this deployment runs its models on GPUs (None: unset, the embedded mode
+    # looks for /dev/nvidiactl). Then Triton's metrics must show GPU memory, or VRAM_BUDGET_BYTES be set.
+    require_cuda: bool | None = None
     keep_alive_s: float | None = 300.0  # None: models stay loaded
     max_load_waiters: int = 256
     model_memory_estimates: tuple[tuple[str, int], ...] = ()
@@ -108,6 +111,14 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not self.triton_url
+
+    def gpu_host(self, dev: Path = Path("/dev")) -> bool:
+        """Whether the models run on GPUs here: INFERENCE_REQUIRE_CUDA when set; else, for the
+        embedded Triton (on this machine), whether the NVIDIA driver's device is present. An
+        external Triton's host cannot be seen from here: unset means no."""
+        if self.require_cuda is not None:
+            return self.require_cuda
+        return self.embedded and (dev / "nvidiactl").exists()
 
     def model_environment(self) -> dict[str, str]:
         """Variables the embedded Triton passes to its models (which weights to serve)."""
@@ -292,6 +303,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         vram_budget_fraction=_parse(
             env, "VRAM_BUDGET_FRACTION", d.vram_budget_fraction, _fraction, "a number in (0, 1]"
         ),
+        require_cuda=_parse(env, "INFERENCE_REQUIRE_CUDA", None, _boolean, "true or false"),
         keep_alive_s=_parse(
             env, "MODEL_KEEP_ALIVE_SECONDS", d.keep_alive_s, _keep_alive, "seconds (negative: keep loaded)"
         ),

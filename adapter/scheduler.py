@@ -9,6 +9,14 @@ Rules (as Ollama and LocalAI users expect them):
 - keep-alive unloads models idle for longer than theirs (default 5 minutes; 0 unloads right after
   the request, None keeps the model loaded); pinned models stay unless named or ClearMemory says so.
 
+Memory is budgeted per device: each GPU Triton's metrics show (or the host, without GPUs) has its
+own budget, each model counts against the device it sits on (the `device` label of its
+model_memory_bytes metric, else the device that grew when it loaded), and eviction frees room on
+that device only: with several GPUs visible, a model on cuda:0 gains nothing from unloading one on
+cuda:1. A GPU model's memory is the larger of its own figure (CUDA memory torch reserved) and its
+device's growth across the load, read once Triton's metrics have caught up (they refresh every 2 s),
+because only the growth includes the process's CUDA context (hundreds of MB per stub).
+
 Its effects on Triton and its memory readings are injected (`ModelControl`, `MemoryProbe`), so the
 decisions are unit-tested with fakes and a fake clock.
 """
@@ -24,11 +32,23 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from adapter import errors
-from adapter.memory_readings import MemoryReading
+from adapter.memory_readings import DeviceReading, MemoryReading
 
 log = logging.getLogger(__name__)
 
 UNLOADED, LOADING, LOADED, UNLOADING, FAILED = "unloaded", "loading", "loaded", "unloading", "failed"
+# The budget's one device when no reading named any (a fixed budget, Triton's metrics unreachable).
+ANY_DEVICE = "any"
+# Triton refreshes its GPU metrics every 2 s (--metrics-interval-ms): a reading taken sooner after a
+# load or an unload may predate it. An unloaded python model's stub exits 1-3 s after the unload
+# returns, and only then is its memory back.
+GPU_METRICS_SETTLE_S = 2.5
+STUB_EXIT_S = 3.0
+
+
+class NoGpuMetrics(errors.FailedPrecondition):
+    """A GPU host whose Triton publishes no GPU memory metrics, and no fixed budget: the adapter
+    refuses to start rather than budget the host's RAM as if it were the GPU's."""
 
 
 class ModelControl(Protocol):
@@ -61,6 +81,7 @@ class ModelSlot:
     state: str = UNLOADED
     memory_bytes: int = 0
     memory_source: str = "declared"  # declared | measured | metric
+    device: str = ""  # where it was placed when last loaded (a device of the readings); "" not yet known
     pinned: bool = False
     in_flight: int = 0
     waiting: int = 0  # requests waiting for this model to load
@@ -112,12 +133,21 @@ class Scheduler:
         max_waiting: int = 256,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        gpu_expected: bool = False,
+        settle_s: float = GPU_METRICS_SETTLE_S,
+        stub_exit_s: float = STUB_EXIT_S,
     ) -> None:
         self._control = control
         self._probe = probe
         self._fixed_budget = budget_bytes
         self._budget_fraction = budget_fraction
-        self.budget_bytes = budget_bytes or 0
+        self.budget_bytes = budget_bytes or 0  # all devices together
+        self.budgets: dict[str, int] = {ANY_DEVICE: budget_bytes} if budget_bytes else {}  # per device
+        self._gpu_expected = gpu_expected  # a GPU host: no GPU metrics is an error, not the host's RAM
+        self._on_gpu = False  # the last reading showed GPUs: readings must wait for Triton's refresh
+        self._settle_s = settle_s
+        self._stub_exit_s = stub_exit_s
+        self._settled_at = 0.0  # time.monotonic() from which a GPU reading reflects the last change
         self._declared = declared_memory
         self.default_keep_alive_s = default_keep_alive_s
         self._load_timeout_s = load_timeout_s
@@ -132,18 +162,27 @@ class Scheduler:
     # ---- set-up and observation -------------------------------------------------------------
 
     async def refresh_budget(self) -> int:
-        """The budget: VRAM_BUDGET_BYTES, else a fraction of the device memory Triton reports."""
-        if self._fixed_budget:
-            self.budget_bytes = self._fixed_budget
-            return self.budget_bytes
+        """The budget of each device: VRAM_BUDGET_BYTES, else a fraction of that device's memory as
+        Triton reports it. Returns the devices' budgets together."""
+        reading: MemoryReading | None = None
         # Triton publishes device memory on its first metrics pass, shortly after start-up.
-        for _ in range(50):
-            reading = await self._probe.read()
-            if reading.total_bytes > 0:
-                self.budget_bytes = int(reading.total_bytes * self._budget_fraction)
-                return self.budget_bytes
-            await asyncio.sleep(0.2)
-        raise errors.Unavailable("Triton's metrics report no device memory yet: no budget to load models into")
+        for attempt in range(50):
+            try:
+                reading = await self._probe.read()
+            except errors.AdapterError:
+                if self._fixed_budget:
+                    reading = None  # a fixed budget needs no reading
+                    break
+                raise
+            if reading.devices and all(d.total_bytes > 0 for d in reading.devices):
+                break
+            reading = None
+            if attempt < 49:
+                await asyncio.sleep(0.2)
+        self.budgets = plan_budgets(reading, self._fixed_budget, self._budget_fraction, self._gpu_expected)
+        self._on_gpu = reading is not None and reading.on_gpu
+        self.budget_bytes = sum(self.budgets.values())
+        return self.budget_bytes
 
     def add_listener(self, listener: Callable[[SchedulerEvent], None]) -> Callable[[], None]:
         """Calls listener for every event; returns the function that removes it."""
@@ -159,13 +198,26 @@ class Scheduler:
     def slots(self) -> list[ModelSlot]:
         return sorted(self._slots.values(), key=lambda s: s.name)
 
-    def used_bytes(self, excluding: str | None = None) -> int:
-        """Memory counted against the budget: loaded, loading and unloading models."""
+    def used_bytes(self, excluding: str | None = None, device: str | None = None) -> int:
+        """Memory counted against the budget: loaded, loading and unloading models (on `device`
+        only, when given)."""
         return sum(
             s.memory_bytes
             for s in self._slots.values()
-            if s.state in (LOADED, LOADING, UNLOADING) and s.name != excluding
+            if s.state in (LOADED, LOADING, UNLOADING)
+            and s.name != excluding
+            and (device is None or self.device_of(s) == device)
         )
+
+    def device_of(self, slot: ModelSlot) -> str:
+        """The budgeted device the model counts against: where it was placed, else where models
+        land by default (the device holding the most models placed so far, else the first)."""
+        if slot.device in self.budgets:
+            return slot.device
+        placed = [s.device for s in self._slots.values() if s.device in self.budgets]
+        if placed:
+            return max(sorted(set(placed)), key=placed.count)
+        return min(self.budgets) if self.budgets else ANY_DEVICE
 
     async def slot_names(self) -> list[str]:
         """Every model of the repository (makes their slots exist, so stats list unloaded ones too)."""
@@ -259,16 +311,18 @@ class Scheduler:
             await self._make_room(slot)
             slot.state, slot.reason = LOADING, ""
             slot.touch()
-            before = await self._safe_read()
+            before = await self.settled_reading()  # after any eviction's memory is back
             started = self._clock()
             try:
                 await self._control.load(slot.name)
             except errors.AdapterError as err:
                 slot.state, slot.reason = FAILED, err.message
                 slot.touch()
+                self._changed(self._settle_s)
                 self._emit(slot, "load_failed", err.message)
                 raise
-            after = await self._safe_read()
+            self._changed(self._settle_s)
+            after = await self.settled_reading()
             self._measure(slot, before, after)
             slot.state = LOADED
             slot.last_used, slot.last_used_wall = self._clock(), self._wall()
@@ -278,21 +332,31 @@ class Scheduler:
     async def _make_room(self, slot: ModelSlot) -> None:
         if not self.budget_bytes:
             await self.refresh_budget()
+        device = self.device_of(slot)
+        budget = self.budgets.get(device, self.budget_bytes)
         need = slot.memory_bytes
-        free = self.budget_bytes - self.used_bytes(excluding=slot.name)
+        free = budget - self.used_bytes(excluding=slot.name, device=device)
         if need <= free:
             return
+        # Only models on the same device give this one room.
         idle = [
-            s for s in self._slots.values() if s.state == LOADED and not s.busy and not s.pinned and s.name != slot.name
+            s
+            for s in self._slots.values()
+            if s.state == LOADED and not s.busy and not s.pinned and s.name != slot.name and self.device_of(s) == device
         ]
         for victim in sorted(idle, key=lambda s: s.last_used):
             await self._unload(victim, f"evicted to make room for {slot.name}", kind="evicted")
-            free = self.budget_bytes - self.used_bytes(excluding=slot.name)
+            free = budget - self.used_bytes(excluding=slot.name, device=device)
             if need <= free:
                 return
-        held = [f"{s.name} ({'pinned' if s.pinned else 'busy'})" for s in self._slots.values() if s.state == LOADED]
+        held = [
+            f"{s.name} ({'pinned' if s.pinned else 'busy'})"
+            for s in self._slots.values()
+            if s.state == LOADED and self.device_of(s) == device
+        ]
+        where = f" of device {device}" if len(self.budgets) > 1 else ""
         raise errors.ResourceExhausted(
-            f"model {slot.name!r} needs {need} bytes but only {max(free, 0)} of the {self.budget_bytes}-byte budget "
+            f"model {slot.name!r} needs {need} bytes but only {max(free, 0)} of the {budget}-byte budget{where} "
             f"are free after evicting every idle model; still loaded: {', '.join(held) or 'none'}"
         )
 
@@ -303,12 +367,30 @@ class Scheduler:
             log.warning("no memory reading: %s", err.message)
             return None
 
+    def _changed(self, settle_s: float) -> None:
+        """A load or unload just finished: GPU readings reflect it only settle_s from now."""
+        self._settled_at = max(self._settled_at, time.monotonic() + settle_s)
+
+    async def settled_reading(self) -> MemoryReading | None:
+        """A reading that reflects every finished load and unload: on GPUs it waits for Triton's
+        next metrics refresh (and an unloaded stub's exit) first; None when Triton cannot be read."""
+        if self._on_gpu:
+            wait = self._settled_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        reading = await self._safe_read()
+        if reading is not None:
+            self._on_gpu = reading.on_gpu
+        return reading
+
     def _measure(self, slot: ModelSlot, before: MemoryReading | None, after: MemoryReading | None) -> None:
-        """The model's own metric, else the device's growth over the load, else the declared figure."""
-        if after is not None and after.models.get(slot.name, 0) > 0:
-            slot.memory_bytes, slot.memory_source = after.models[slot.name], "metric"
-        elif before is not None and after is not None and after.used_bytes > before.used_bytes:
-            slot.memory_bytes, slot.memory_source = after.used_bytes - before.used_bytes, "measured"
+        placement = measure_load(slot.name, before, after)
+        if placement.device and placement.device in self.budgets:
+            slot.device = placement.device
+        elif placement.device and set(self.budgets) == {ANY_DEVICE}:
+            slot.device = ANY_DEVICE
+        if placement.memory_bytes > 0:
+            slot.memory_bytes, slot.memory_source = placement.memory_bytes, placement.source
 
     async def _unload(self, slot: ModelSlot, reason: str, kind: str = "unloaded") -> None:
         """Unloads an idle model (callers check). Done only once Triton's index says so."""
@@ -320,6 +402,8 @@ class Scheduler:
             slot.state, slot.reason = FAILED, err.message
             slot.touch()
             raise
+        finally:
+            self._changed(self._settle_s + self._stub_exit_s)
         slot.state = UNLOADED
         slot.touch()
         self._emit(slot, kind, reason)
@@ -457,3 +541,77 @@ class Scheduler:
                 await self.expire_idle()
             except Exception as err:  # noqa: BLE001 - keep the loop alive
                 log.error("keep-alive sweep failed: %s", err)
+
+
+# ---- pure decisions (unit-tested) ------------------------------------------------------------------
+
+
+def plan_budgets(
+    reading: MemoryReading | None, fixed_bytes: int | None, fraction: float, gpu_expected: bool
+) -> dict[str, int]:
+    """Each device's budget. GPUs when Triton's metrics show any: VRAM_BUDGET_BYTES each, else
+    `fraction` of each GPU's memory (never their sum: a model lives on one GPU). No GPU metrics:
+    the host's memory, except on a GPU host (gpu_expected), where the GPUs exist but Triton cannot
+    see them (MIG devices, or a DCGM agent on the host holding them) and the host's RAM says nothing
+    about what fits on them: refused unless VRAM_BUDGET_BYTES is set."""
+    gpus = [d for d in reading.devices if d.device.startswith("gpu:")] if reading is not None else []
+    if fixed_bytes:
+        names = [d.device for d in gpus]
+        if not names and reading is not None and not gpu_expected:
+            names = [d.device for d in reading.devices]  # the host, on a host without GPUs
+        return {name: fixed_bytes for name in names} or {ANY_DEVICE: fixed_bytes}
+    if reading is None or not reading.devices:
+        raise errors.Unavailable("Triton's metrics report no device memory yet: no budget to load models into")
+    if gpus:
+        return {d.device: int(d.total_bytes * fraction) for d in gpus}
+    if gpu_expected:
+        raise NoGpuMetrics(
+            "this is a GPU host (INFERENCE_REQUIRE_CUDA, or /dev/nvidia* present) but Triton's metrics show no "
+            "GPU memory (nv_gpu_memory_*: missing under MIG, or when a DCGM agent on the host holds the GPUs): "
+            "set VRAM_BUDGET_BYTES to the bytes the models may use on each GPU"
+        )
+    return {d.device: int(d.total_bytes * fraction) for d in reading.devices}
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "" when the readings cannot tell
+    memory_bytes: int  # 0 when nothing was measured
+    source: str  # metric | measured
+
+
+def measure_load(model: str, before: MemoryReading | None, after: MemoryReading | None) -> Placement:
+    """Where a model that just loaded sits and how much memory it takes, from readings taken before
+    and after the load (after Triton's metrics refresh).
+
+    Device: the `device` label of its model_memory_bytes, else the GPU that grew most.
+    Memory on a GPU: the larger of its own figure (torch's reserved memory, which leaves out the CUDA
+    context) and its device's growth (which includes it, and whatever else changed meanwhile: the
+    budget lock keeps our own loads apart). On the host, whose memory every process shares, its own
+    figure (resident memory), else the growth."""
+    if after is None:
+        return Placement("", 0, "metric")
+    own = after.models.get(model, 0)
+    device = after.model_devices.get(model, "")
+    growth: dict[str, int] = {}
+    if before is not None:
+        for reading in after.devices:
+            previous = before.device(reading.device)
+            if previous is not None:
+                growth[reading.device] = reading.used_bytes - previous.used_bytes
+    if not after.on_gpu:
+        if own > 0:
+            return Placement(device or _only(after.devices), own, "metric")
+        total = sum(growth.values())
+        return Placement(_only(after.devices), total if total > 0 else 0, "measured")
+    if not device and growth:
+        grown = max(sorted(growth), key=lambda name: growth[name])
+        device = grown if growth[grown] > 0 else ""
+    grew = growth.get(device, 0) if device else 0
+    if grew > own:
+        return Placement(device, grew, "measured")
+    return Placement(device, own, "metric")
+
+
+def _only(devices: list[DeviceReading]) -> str:
+    return devices[0].device if len(devices) == 1 else ""

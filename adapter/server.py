@@ -24,7 +24,7 @@ from adapter.image_jobs import ImageJobService
 from adapter.job_store import JobStore
 from adapter.memory_readings import TritonMemoryProbe
 from adapter.metrics import AdapterMetrics
-from adapter.scheduler import ModelSlot, Scheduler, SchedulerEvent
+from adapter.scheduler import ModelSlot, NoGpuMetrics, Scheduler, SchedulerEvent
 from adapter.servicer import InferenceServicer
 from adapter.services.embedding import EmbeddingService
 from adapter.services.images import ImageService
@@ -98,13 +98,16 @@ class Adapter:
             default_keep_alive_s=s.keep_alive_s,
             load_timeout_s=s.model_load_timeout_s,
             max_waiting=s.max_load_waiters,
+            gpu_expected=s.gpu_host(),
         )
         self.scheduler.slot_observer = self._observe_slot
         self.scheduler.add_listener(self._record_event)
         self.gateway.on_model_missing = self.scheduler.model_missing
         try:
-            log.info("memory budget: %d bytes", await self.scheduler.refresh_budget())
+            log.info("memory budget: %d bytes (%s)", await self.scheduler.refresh_budget(), self.scheduler.budgets)
             self.metrics.set_budget(self.scheduler.budget_bytes)
+        except NoGpuMetrics:
+            raise  # a GPU host whose GPUs Triton cannot see: refuse to start (the message says what to set)
         except Exception as err:  # noqa: BLE001 - Triton unreachable: serve, and report per request
             log.error("no memory budget yet (%s); retrying when models are loaded", err)
         await self._preload(self.scheduler)
