@@ -108,7 +108,8 @@ class MemoryService:
             raise errors.InvalidArgument("wait_for_idle must not be negative")
         before = await self._reading_or_none()
         result = await self._scheduler.clear(request.include_pinned, wait_s)
-        after = await self._reading_or_none() if result.unloaded else None
+        # On GPUs, once Triton's metrics show the stubs gone (they refresh every 2 s).
+        after = await self._scheduler.settled_reading() if result.unloaded else None
         figures = {slot.name: slot.memory_bytes for slot in self._scheduler.slots() if slot.name in result.unloaded}
         return pb.ClearMemoryResponse(
             unloaded_models=result.unloaded,
