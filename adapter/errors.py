@@ -61,6 +61,12 @@ class NotFound(AdapterError):
     code = Code.NOT_FOUND
 
 
+class AlreadyExists(AdapterError):
+    """A client-chosen id (an image job's request_id) is already taken by a different request."""
+
+    code = Code.ALREADY_EXISTS
+
+
 class FailedPrecondition(AdapterError):
     """The model exists but could not be loaded; the message carries Triton's reason."""
 
@@ -171,12 +177,22 @@ def _internal(err: BaseException, method: str) -> AdapterError:
     return Internal(f"internal error in {method}; incident {incident} is in the adapter's log")
 
 
+def with_incident(err: AdapterError, where: str) -> AdapterError:
+    """The error as a client may see it: an INTERNAL one gets an incident id, logged with its message
+    (so any INTERNAL, whatever raised it, can be found in the log); other codes are returned as they are."""
+    if err.code != Code.INTERNAL or "incident " in err.message:
+        return err
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error in %s (incident %s): %s", where, incident, err.message)
+    return Internal(f"{err.message}; incident {incident} is in the adapter's log")
+
+
 def _to_status(err: BaseException, method: str) -> AdapterError:
     if isinstance(err, AdapterError):
-        return err
+        return with_incident(err, method)
     # A Triton error that reached us untranslated still says what went wrong, when it has a code.
     if isinstance(err, (InferenceServerException, grpc.aio.AioRpcError)) and triton_status(err) is not None:
-        return from_triton(err, method)
+        return with_incident(from_triton(err, method), method)
     return _internal(err, method)
 
 

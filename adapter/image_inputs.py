@@ -3,7 +3,9 @@ mask decoded for real. Decoding is CPU work: callers run `check_edit_images` in 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,37 @@ class ImageSpec:
     image: bytes = b""
     mask: bytes = b""
     keep_alive: validation.KeepAlive = "default"
+    request_id: str = ""  # the client's idempotency key; "" when it sent none
+
+
+MAX_REQUEST_ID_CHARS = 128
+
+
+def _request_id(value: str) -> str:
+    if len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
+        raise InvalidArgument(
+            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters (a UUID, for example); "
+            f"got {len(value)} characters"
+        )
+    return value
+
+
+def fingerprint(spec: ImageSpec) -> str:
+    """A digest of everything the job was asked to do, to tell a retry from a different request that
+    reuses its request_id. Hashes the pictures: callers run it off the event loop for edits."""
+    digest = hashlib.sha256()
+    described = {
+        "kind": spec.kind,
+        "model": spec.model,
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+        "parameters": spec.parameters,
+        "keep_alive": spec.keep_alive,
+        "image": hashlib.sha256(spec.image).hexdigest(),
+        "mask": hashlib.sha256(spec.mask).hexdigest(),
+    }
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def _dimension(name: str, value: int, limit: int) -> None:
@@ -88,6 +121,7 @@ def check_generate(request: pb.GenerateImageRequest, settings: Settings) -> Imag
         negative_prompt=request.options.negative_prompt,
         parameters=check_options(request.options, settings),
         keep_alive=validation.keep_alive(request),
+        request_id=_request_id(request.request_id),
     )
 
 
@@ -117,6 +151,7 @@ def check_edit_fields(request: pb.EditImageRequest, settings: Settings) -> Image
         image=request.image,
         mask=request.mask,
         keep_alive=validation.keep_alive(request),
+        request_id=_request_id(request.request_id),
     )
 
 

@@ -48,6 +48,7 @@ class ImageJobService:
         self._queued = 0  # reserved queue places, counted before any await so the bound holds
         self._live: dict[str, _LiveJob] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._request_ids = asyncio.Lock()
 
     async def start(self) -> None:
         interrupted = await self._store.open()
@@ -68,7 +69,26 @@ class ImageJobService:
                 await task
         await self._store.close()
 
-    async def submit(self, spec: ImageSpec) -> str:
+    async def submit(self, spec: ImageSpec, fingerprint: str = "") -> str:
+        """Queues the job; returns its id. With spec.request_id, a job already submitted under that
+        id (and still kept) is returned instead, if `fingerprint` (what was asked) matches; else
+        AlreadyExists."""
+        if not spec.request_id:
+            return await self._submit(spec, fingerprint)
+        async with self._request_ids:  # one check-then-create at a time: concurrent retries get one job
+            found = await self._store.find_request(spec.request_id)
+            if found is not None:
+                job_id, known = found
+                if known != fingerprint:
+                    raise errors.AlreadyExists(
+                        f"request_id {spec.request_id!r} was already used by a different request (job {job_id}); "
+                        "choose a new request_id for a new request"
+                    )
+                log.info("image job %s: request_id %r submitted again; same job", job_id, spec.request_id)
+                return job_id
+            return await self._submit(spec, fingerprint)
+
+    async def _submit(self, spec: ImageSpec, fingerprint: str) -> str:
         await self._scheduler.slot(spec.model)  # an unknown model fails now, not as a job
         if self._queued >= self._settings.image_max_queued_jobs:
             raise errors.ResourceExhausted(
@@ -79,7 +99,7 @@ class ImageJobService:
         try:
             job_id = uuid.uuid4().hex
             created = time.time()
-            await self._store.create(job_id, spec.kind, spec.model, created)
+            await self._store.create(job_id, spec.kind, spec.model, created, spec.request_id or None, fingerprint)
         except BaseException:
             self._queued -= 1
             raise
@@ -137,6 +157,7 @@ class ImageJobService:
             await self._store.succeed(job_id, pngs, sizes, job.total_steps)
             log.info("image job %s succeeded (%d images)", job_id, len(pngs))
         except errors.AdapterError as err:
+            err = errors.with_incident(err, f"image job {job_id}")
             await self._store.fail(job_id, err.message, job.step, job.total_steps)
             log.info("image job %s failed: %s", job_id, err.message)
         except asyncio.CancelledError:

@@ -34,6 +34,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL
 )
 """
+# Idempotent submission: the client's request_id and a digest of what it asked for. Added to stores
+# made before them; the unique index makes a second job under one request_id impossible.
+_REQUEST_ID_COLUMNS = (("request_id", "TEXT"), ("fingerprint", "TEXT NOT NULL DEFAULT ''"))
+_REQUEST_ID_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,11 @@ class JobStore:
         # last few changes but never corrupts the table, and lost running jobs end "interrupted".
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(_SCHEMA)
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _REQUEST_ID_COLUMNS:
+            if name not in columns:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        db.execute(_REQUEST_ID_INDEX)
         self._db = db
         interrupted = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE state IN ('queued', 'running')")]
         db.execute(
@@ -115,13 +126,32 @@ class JobStore:
     def _job_dir(self, job_id: str) -> Path:
         return self.directory / job_id
 
-    async def create(self, job_id: str, kind: str, model: str, created_at: float) -> None:
+    async def create(
+        self,
+        job_id: str,
+        kind: str,
+        model: str,
+        created_at: float,
+        request_id: str | None = None,
+        fingerprint: str = "",
+    ) -> None:
         await self._run(
             lambda: self.db.execute(
-                "INSERT INTO jobs (id, kind, model, state, created_at) VALUES (?, ?, ?, 'queued', ?)",
-                (job_id, kind, model, created_at),
+                "INSERT INTO jobs (id, kind, model, state, created_at, request_id, fingerprint) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                (job_id, kind, model, created_at, request_id, fingerprint),
             )
         )
+
+    async def find_request(self, request_id: str) -> tuple[str, str] | None:
+        """(job id, fingerprint) of the job submitted under the client's request_id, if still kept."""
+
+        def _find() -> tuple[str, str] | None:
+            row = self.db.execute("SELECT id, fingerprint FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+            return (row["id"], row["fingerprint"]) if row else None
+
+        result: tuple[str, str] | None = await self._run(_find)
+        return result
 
     async def mark_running(self, job_id: str) -> None:
         await self._run(lambda: self.db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job_id,)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from adapter.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from model_runtime import sampling_limits
 
 VALID_ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 16
@@ -40,12 +40,6 @@ def prompt_text(prompt: str) -> str:
     return prompt
 
 
-def _finite(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise InvalidArgument(f"options.{name} must be a finite number; got {value}")
-    return value
-
-
 def sampling_parameters(options: pb.GenerationOptions, max_tokens_limit: int | None) -> dict[str, Any]:
     """The options as the LLM model's `sampling_parameters`; unset options are left to the model."""
     out: dict[str, Any] = {}
@@ -57,27 +51,18 @@ def sampling_parameters(options: pb.GenerationOptions, max_tokens_limit: int | N
                 f"options.max_tokens must be at most {max_tokens_limit} for this model; got {options.max_tokens}"
             )
         out["max_tokens"] = options.max_tokens
-    if options.HasField("temperature"):
-        if _finite("temperature", options.temperature) < 0:
-            raise InvalidArgument(f"options.temperature must be >= 0; got {options.temperature:g}")
-        out["temperature"] = options.temperature
-    if options.HasField("top_p"):
-        if not 0 < _finite("top_p", options.top_p) <= 1:
-            raise InvalidArgument(f"options.top_p must be in (0, 1]; got {options.top_p:g}")
-        out["top_p"] = options.top_p
-    if options.HasField("top_k"):
-        if options.top_k < 0:
-            raise InvalidArgument(f"options.top_k must be >= 0 (0 disables it); got {options.top_k}")
-        out["top_k"] = options.top_k
-    if options.HasField("repetition_penalty"):
-        if not _finite("repetition_penalty", options.repetition_penalty) > 0:
-            raise InvalidArgument(f"options.repetition_penalty must be > 0; got {options.repetition_penalty:g}")
-        out["repetition_penalty"] = options.repetition_penalty
-    for name in ("frequency_penalty", "presence_penalty"):
+    # Ranges shared with the model (model_runtime/sampling_limits.py): none of them can make the
+    # sampler's probabilities non-finite.
+    for name in ("temperature", "top_p", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty"):
         if options.HasField(name):
-            value = _finite(name, getattr(options, name))
-            if not -2 <= value <= 2:
-                raise InvalidArgument(f"options.{name} must be in [-2, 2]; got {value:g}")
+            value = getattr(options, name)
+            if isinstance(value, float):
+                # Proto floats are 32-bit: 0.01 arrives as 0.0099999998. Back to the decimal the
+                # client wrote (7 significant digits), which is also what the model is sent.
+                value = float(f"{value:.7g}")
+            problem = sampling_limits.check(name, value)
+            if problem is not None:
+                raise InvalidArgument(f"options.{problem}")
             out[name] = value
     if options.HasField("seed"):
         out["seed"] = options.seed

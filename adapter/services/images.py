@@ -35,13 +35,15 @@ class ImageService:
 
     async def generate(self, request: pb.GenerateImageRequest) -> pb.GenerateImageResponse:
         spec = image_inputs.check_generate(request, self._settings)
-        return pb.GenerateImageResponse(job_id=await self._jobs.submit(spec))
+        digest = image_inputs.fingerprint(spec) if spec.request_id else ""
+        return pb.GenerateImageResponse(job_id=await self._jobs.submit(spec, digest))
 
     async def edit(self, request: pb.EditImageRequest) -> pb.EditImageResponse:
         spec = image_inputs.check_edit_fields(request, self._settings)
-        # Decoding the pictures is CPU work: off the event loop.
+        # Decoding (and hashing) the pictures is CPU work: off the event loop.
         await asyncio.to_thread(image_inputs.check_edit_images, spec, self._settings)
-        return pb.EditImageResponse(job_id=await self._jobs.submit(spec))
+        digest = await asyncio.to_thread(image_inputs.fingerprint, spec) if spec.request_id else ""
+        return pb.EditImageResponse(job_id=await self._jobs.submit(spec, digest))
 
     async def status(self, request: pb.CheckImageStatusRequest) -> pb.CheckImageStatusResponse:
         view = await self._jobs.status(request.job_id)

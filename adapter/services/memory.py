@@ -188,6 +188,7 @@ class MemoryService:
             if snapshot is not None:
                 result.snapshot.CopyFrom(snapshot)
         except errors.AdapterError as err:
+            err = errors.with_incident(err, "ManageVRAM")
             result.ok, result.error_code, result.error_message = False, err.code.name, err.message
         except Exception as err:  # noqa: BLE001 - answered, and the stream stays open
             incident = uuid.uuid4().hex[:12]

@@ -108,6 +108,9 @@ func IsUnavailable(err error) bool { return codeOf(err) == codes.Unavailable }
 // IsUnauthenticated reports a missing or wrong API key.
 func IsUnauthenticated(err error) bool { return codeOf(err) == codes.Unauthenticated }
 
+// IsAlreadyExists reports an image job's RequestID already used by a different request.
+func IsAlreadyExists(err error) bool { return codeOf(err) == codes.AlreadyExists }
+
 // IsPermissionDenied reports a key that is valid but not allowed to make this call.
 func IsPermissionDenied(err error) bool { return codeOf(err) == codes.PermissionDenied }
 

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -66,6 +67,13 @@ type ImageRequest struct {
 	NumImages int32
 	// KeepAlive: see ChatRequest.KeepAlive.
 	KeepAlive *time.Duration
+	// RequestID makes the submission idempotent: the server returns the job it already has for
+	// this id (while it keeps the job) instead of starting another, and refuses a different
+	// request under a used id (IsAlreadyExists). Empty: GenerateImage and EditImage pick a new
+	// random one for each call, so their own retries (after UNAVAILABLE, when the connection may
+	// have dropped after the server accepted the job) never start a second job. Set it to make a
+	// retry of your own, across calls or processes, just as safe. At most 128 characters.
+	RequestID string
 }
 
 // EditRequest starts an image-to-image job with EditImage, or an inpainting job when Mask is
@@ -131,18 +139,22 @@ func (e *JobFailedError) Error() string {
 // ImageStatus or WaitForImage.
 //
 // Config.RequestTimeout applies to the call, not to the job. A bad field is IsInvalidArgument,
-// an unknown model IsNotFound, and a full job queue IsResourceExhausted (retry later).
+// an unknown model IsNotFound, a full job queue IsResourceExhausted (retry later), and a
+// req.RequestID already used for a different request IsAlreadyExists. Retries are safe: every
+// attempt carries the same request id (ImageRequest.RequestID).
 func (c *Client) GenerateImage(ctx context.Context, req *ImageRequest) (string, error) {
 	if req == nil {
 		return "", errors.New("maistro: nil ImageRequest")
 	}
 	ctx, cancel := c.callContext(ctx)
 	defer cancel()
+	// One request id for every attempt of this call: the retry interceptor resends this message.
 	resp, err := c.rpc.GenerateImage(ctx, &pb.GenerateImageRequest{
 		Model:     req.Model,
 		Prompt:    req.Prompt,
 		Options:   req.optionsToProto(),
 		KeepAlive: keepAliveToProto(req.KeepAlive),
+		RequestId: requestID(req.RequestID),
 	})
 	if err != nil {
 		return "", fromRPC(err)
@@ -167,11 +179,20 @@ func (c *Client) EditImage(ctx context.Context, req *EditRequest) (string, error
 		Strength:  req.Strength,
 		Options:   req.optionsToProto(),
 		KeepAlive: keepAliveToProto(req.KeepAlive),
+		RequestId: requestID(req.RequestID),
 	})
 	if err != nil {
 		return "", fromRPC(err)
 	}
 	return checkJobID(resp.GetJobId())
+}
+
+// requestID is the caller's request id, or a new random one (128 bits of crypto/rand, base32).
+func requestID(chosen string) string {
+	if chosen != "" {
+		return chosen
+	}
+	return rand.Text()
 }
 
 // checkJobID rejects the empty job id, which a well-behaved server never returns.

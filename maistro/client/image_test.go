@@ -71,6 +71,10 @@ func TestGenerateImageSendsTheRequest(t *testing.T) {
 			if err != nil || id != "job-1" {
 				t.Fatalf("GenerateImage = %q, %v; want job-1", id, err)
 			}
+			if got.GetRequestId() == "" {
+				t.Errorf("server got no request_id")
+			}
+			got.RequestId = "" // random: checked above
 			if !proto.Equal(got, tt.want) {
 				t.Errorf("server got\n %v\nwant\n %v", got, tt.want)
 			}
@@ -123,6 +127,10 @@ func TestEditImageSendsTheRequest(t *testing.T) {
 			if err != nil || id != "job-2" {
 				t.Fatalf("EditImage = %q, %v; want job-2", id, err)
 			}
+			if got.GetRequestId() == "" {
+				t.Errorf("server got no request_id")
+			}
+			got.RequestId = "" // random: checked above
 			if !proto.Equal(got, tt.want) {
 				t.Errorf("server got\n %v\nwant\n %v", got, tt.want)
 			}
@@ -506,5 +514,51 @@ func TestJobStateFromProto(t *testing.T) {
 		if got != tt.want || got.Done() != tt.wantDone {
 			t.Errorf("jobStateFromProto(%v) = %q (done %v), want %q (done %v)", tt.in, got, got.Done(), tt.want, tt.wantDone)
 		}
+	}
+}
+
+func TestImageRetriesCarryTheSameRequestIDAndEachCallItsOwn(t *testing.T) {
+	var mu sync.Mutex
+	var ids []string
+	srv := &fakeServer{
+		generateImage: func(_ context.Context, req *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			ids = append(ids, req.GetRequestId())
+			if len(ids)%2 == 1 { // the job was accepted, but the answer was lost: UNAVAILABLE
+				return nil, status.Error(codes.Unavailable, "connection reset")
+			}
+			return &pb.GenerateImageResponse{JobId: "job-" + req.GetRequestId()}, nil
+		},
+		editImage: func(_ context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			ids = append(ids, req.GetRequestId())
+			return &pb.EditImageResponse{JobId: "job-" + req.GetRequestId()}, nil
+		},
+	}
+	c := newTestClient(t, srv, Config{Retry: RetryPolicy{InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}})
+	for range 2 {
+		if _, err := c.GenerateImage(context.Background(), &ImageRequest{Model: "image", Prompt: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(ids) != 4 || ids[0] != ids[1] || ids[2] != ids[3] || ids[0] == ids[2] || ids[0] == "" {
+		t.Fatalf("request ids %q: want one per call, the same on its retry", ids)
+	}
+	chosen := &EditRequest{ImageRequest: ImageRequest{Model: "image", Prompt: "x", RequestID: "mine-1"}, Image: []byte("png")}
+	if id, err := c.EditImage(context.Background(), chosen); err != nil || id != "job-mine-1" {
+		t.Fatalf("EditImage = %q, %v; want the caller's request id sent", id, err)
+	}
+}
+
+func TestAUsedRequestIDIsAlreadyExists(t *testing.T) {
+	srv := &fakeServer{generateImage: func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
+		return nil, status.Error(codes.AlreadyExists, "request_id \"r\" was already used by a different request")
+	}}
+	c := newTestClient(t, srv, Config{})
+	_, err := c.GenerateImage(context.Background(), &ImageRequest{Model: "image", Prompt: "x", RequestID: "r"})
+	if !IsAlreadyExists(err) || IsInvalidArgument(err) {
+		t.Fatalf("error %v, want IsAlreadyExists", err)
 	}
 }

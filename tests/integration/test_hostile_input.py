@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
 from tests.harness import RunningAdapter
 
 SERVICE = "/inference.v1.InferenceService/"
@@ -101,3 +102,19 @@ def test_manage_vram_ends_invalid_argument_at_the_first_undecodable_command(
         channel.unary_unary(SERVICE + "GetMemoryStats")(pb.GetMemoryStatsRequest().SerializeToString(), timeout=10)
     )
     assert stats.snapshot.budget_bytes > 0
+
+
+def test_a_repetition_penalty_that_broke_sampling_is_invalid_argument(stub: pb_grpc.InferenceServiceStub) -> None:
+    request = pb.ChatStreamRequest(
+        model="llm",
+        messages=[pb.ChatMessage(role="user", content="hi")],
+        options=pb.GenerationOptions(max_tokens=4, repetition_penalty=1e-38),
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.ChatStream(request, timeout=60))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "options.repetition_penalty must be in [0.01, 100]" in (refused.value.details() or "")
+    # Both ends of the range generate (finite probabilities: no INTERNAL).
+    for penalty in (0.01, 100.0):
+        request.options.repetition_penalty = penalty
+        assert list(stub.ChatStream(request, timeout=60))[-1].done

@@ -289,3 +289,39 @@ async def test_cancelled_stream_is_not_turned_into_an_error_status() -> None:
         await collect(Servicer(asyncio.CancelledError(), before_error=1).Stream("m", context), received)
     assert received == ["m-0"]
     assert context.aborts == []
+
+
+# --- every INTERNAL carries an incident id -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        # What the LLM answered for repetition_penalty 1e-38 before the ranges were checked.
+        from_triton(triton_error("probability tensor contains either inf, nan or element < 0", None), "streaming"),
+        Internal("model 'llm' ended its stream without a final response"),
+    ],
+)
+async def test_an_internal_error_raised_as_such_gets_an_incident_id_that_the_log_shows(
+    failure: AdapterError, caplog: pytest.LogCaptureFixture
+) -> None:
+    for call in ("unary", "stream"):
+        context = FakeContext()
+        with caplog.at_level(logging.ERROR, logger=errors.__name__), pytest.raises(Aborted):
+            if call == "unary":
+                await Servicer(failure).Unary("hi", context)
+            else:
+                await collect(Servicer(failure, before_error=1).Stream("m", context), [])
+        [(code, message)] = context.aborts
+        assert code == Code.INTERNAL
+        assert failure.message in message
+        match = INCIDENT.search(message)
+        assert match is not None
+        assert any(match.group(1) in r.getMessage() and failure.message in r.getMessage() for r in caplog.records)
+
+
+def test_with_incident_leaves_other_codes_and_errors_that_have_one_alone() -> None:
+    refusal = InvalidArgument("options.top_p must be in (0, 1]")
+    assert errors.with_incident(refusal, "x") is refusal
+    once = errors.with_incident(Internal("boom"), "x")
+    assert errors.with_incident(once, "x") is once

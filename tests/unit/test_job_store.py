@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
+
+import pytest
 
 from adapter.job_store import INTERRUPTED, JobStore
 
@@ -63,4 +66,47 @@ async def test_retention_removes_exactly_the_jobs_finished_before_the_cut(tmp_pa
     running = await store.get("still-running")
     assert running is not None and running.state == "running"  # never expires while unfinished
     assert await store.remove_expired(cut) == []
+    await store.close()
+
+
+async def test_a_request_id_finds_its_job_until_retention_removes_it(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    await store.open()
+    await store.create("a", "generate", "image", time.time(), "req-1", "digest-a")
+    await store.create("b", "generate", "image", time.time())  # no request_id: any number of them
+    await store.create("c", "generate", "image", time.time())
+    assert await store.find_request("req-1") == ("a", "digest-a")
+    assert await store.find_request("req-2") is None
+    await store.succeed("a", [b"x"], [(8, 8)], 1)
+    await store.remove_expired(time.time() + 1)
+    assert await store.find_request("req-1") is None
+    await store.close()
+
+
+async def test_one_request_id_cannot_name_two_jobs(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    await store.open()
+    await store.create("a", "generate", "image", time.time(), "req-1", "x")
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.create("b", "generate", "image", time.time(), "req-1", "x")
+    await store.close()
+
+
+async def test_a_store_made_before_request_ids_gains_them_on_open(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    old.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT NOT NULL, state TEXT NOT NULL, "
+        "step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '', "
+        "image_sizes TEXT NOT NULL DEFAULT '[]', created_at REAL NOT NULL, finished_at REAL)"
+    )
+    old.execute(
+        "INSERT INTO jobs (id, kind, model, state, created_at) VALUES ('old', 'generate', 'image', 'failed', 1)"
+    )
+    old.commit()
+    old.close()
+    store = JobStore(tmp_path)
+    await store.open()
+    assert (await store.get("old")) is not None
+    await store.create("new", "generate", "image", time.time(), "req", "d")
+    assert await store.find_request("req") == ("new", "d")
     await store.close()

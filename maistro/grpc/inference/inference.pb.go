@@ -1183,11 +1183,16 @@ func (x *ImageOptions) GetNumImages() int32 {
 
 // GenerateImageRequest starts a text-to-image job.
 type GenerateImageRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
-	Prompt        string                 `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
-	Options       *ImageOptions          `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
-	KeepAlive     *durationpb.Duration   `protobuf:"bytes,4,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Model     string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Prompt    string                 `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	Options   *ImageOptions          `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	KeepAlive *durationpb.Duration   `protobuf:"bytes,4,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
+	// Optional, chosen by the client (a UUID, at most 128 characters) so that a retry is safe: a second
+	// submission with the same request_id, while its job is kept (IMAGE_RETENTION_HOURS), returns the
+	// same job_id instead of starting another job; the same request_id with a different request is
+	// refused with ALREADY_EXISTS. Ids are shared by GenerateImage and EditImage.
+	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1250,6 +1255,13 @@ func (x *GenerateImageRequest) GetKeepAlive() *durationpb.Duration {
 	return nil
 }
 
+func (x *GenerateImageRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // GenerateImageResponse returns the job's id at once.
 type GenerateImageResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1305,9 +1317,11 @@ type EditImageRequest struct {
 	// Optional mask of the image's size: white areas are repainted, black areas kept.
 	Mask []byte `protobuf:"bytes,4,opt,name=mask,proto3" json:"mask,omitempty"`
 	// How much of the input to change, in [0, 1].
-	Strength      *float32             `protobuf:"fixed32,5,opt,name=strength,proto3,oneof" json:"strength,omitempty"`
-	Options       *ImageOptions        `protobuf:"bytes,6,opt,name=options,proto3" json:"options,omitempty"`
-	KeepAlive     *durationpb.Duration `protobuf:"bytes,7,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
+	Strength  *float32             `protobuf:"fixed32,5,opt,name=strength,proto3,oneof" json:"strength,omitempty"`
+	Options   *ImageOptions        `protobuf:"bytes,6,opt,name=options,proto3" json:"options,omitempty"`
+	KeepAlive *durationpb.Duration `protobuf:"bytes,7,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
+	// See GenerateImageRequest.request_id.
+	RequestId     string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1389,6 +1403,13 @@ func (x *EditImageRequest) GetKeepAlive() *durationpb.Duration {
 		return x.KeepAlive
 	}
 	return nil
+}
+
+func (x *EditImageRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // EditImageResponse returns the job's id at once.
@@ -2929,15 +2950,17 @@ const file_inference_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"num_images\x18\a \x01(\x05R\tnumImagesB\x11\n" +
 	"\x0f_guidance_scaleB\a\n" +
-	"\x05_seed\"\xb4\x01\n" +
+	"\x05_seed\"\xd3\x01\n" +
 	"\x14GenerateImageRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x124\n" +
 	"\aoptions\x18\x03 \x01(\v2\x1a.inference.v1.ImageOptionsR\aoptions\x128\n" +
 	"\n" +
-	"keep_alive\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\".\n" +
+	"keep_alive\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\".\n" +
 	"\x15GenerateImageResponse\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x88\x02\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xa7\x02\n" +
 	"\x10EditImageRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x14\n" +
@@ -2946,7 +2969,9 @@ const file_inference_v1_inference_proto_rawDesc = "" +
 	"\bstrength\x18\x05 \x01(\x02H\x00R\bstrength\x88\x01\x01\x124\n" +
 	"\aoptions\x18\x06 \x01(\v2\x1a.inference.v1.ImageOptionsR\aoptions\x128\n" +
 	"\n" +
-	"keep_alive\x18\a \x01(\v2\x19.google.protobuf.DurationR\tkeepAliveB\v\n" +
+	"keep_alive\x18\a \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\b \x01(\tR\trequestIdB\v\n" +
 	"\t_strength\"*\n" +
 	"\x11EditImageResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"0\n" +

@@ -632,8 +632,15 @@ class GenerateImageRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     prompt: _builtins.str
+    request_id: _builtins.str
+    """Optional, chosen by the client (a UUID, at most 128 characters) so that a retry is safe: a second
+    submission with the same request_id, while its job is kept (IMAGE_RETENTION_HOURS), returns the
+    same job_id instead of starting another job; the same request_id with a different request is
+    refused with ALREADY_EXISTS. Ids are shared by GenerateImage and EditImage.
+    """
     @_builtins.property
     def options(self) -> Global___ImageOptions: ...
     @_builtins.property
@@ -645,10 +652,11 @@ class GenerateImageRequest(_message.Message):
         prompt: _builtins.str = ...,
         options: Global___ImageOptions | None = ...,
         keep_alive: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive", "model", b"model", "options", b"options", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive", "model", b"model", "options", b"options", "prompt", b"prompt", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -688,6 +696,7 @@ class EditImageRequest(_message.Message):
     STRENGTH_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     prompt: _builtins.str
     image: _builtins.bytes
@@ -696,6 +705,8 @@ class EditImageRequest(_message.Message):
     """Optional mask of the image's size: white areas are repainted, black areas kept."""
     strength: _builtins.float
     """How much of the input to change, in [0, 1]."""
+    request_id: _builtins.str
+    """See GenerateImageRequest.request_id."""
     @_builtins.property
     def options(self) -> Global___ImageOptions: ...
     @_builtins.property
@@ -710,10 +721,11 @@ class EditImageRequest(_message.Message):
         strength: _builtins.float | None = ...,
         options: Global___ImageOptions | None = ...,
         keep_alive: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_strength", b"_strength", "keep_alive", b"keep_alive", "options", b"options", "strength", b"strength"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strength", b"_strength", "image", b"image", "keep_alive", b"keep_alive", "mask", b"mask", "model", b"model", "options", b"options", "prompt", b"prompt", "strength", b"strength"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strength", b"_strength", "image", b"image", "keep_alive", b"keep_alive", "mask", b"mask", "model", b"model", "options", b"options", "prompt", b"prompt", "request_id", b"request_id", "strength", b"strength"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__strength: _TypeAlias = _typing.Literal["strength"]  # noqa: Y015
     _WhichOneofArgType__strength: _TypeAlias = _typing.Literal["_strength", b"_strength"]  # noqa: Y015
