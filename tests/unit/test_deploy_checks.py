@@ -319,3 +319,116 @@ def test_pip_requirements_reads_continued_run_lines(tmp_path: Path) -> None:
     )
     found = [(r.line, r.name, r.version) for r in check_deploy.pip_requirements(dockerfile)]
     assert found == [(3, "torch", "2.13.0"), (3, "tritonclient", "2.73.0"), (3, "numpy", None)]
+
+
+# --- gpu: the Triton image builds on NVIDIA's base, and its torch sees the GPU ---------------------
+
+
+def test_gpu_catches_the_stack_installed_into_debians_python(root: Path, new_problems: NewProblems) -> None:
+    """Item 1 of issue 16: torch 2.13 needs setuptools>=77.0.3; the base's is Debian's 68.1.2."""
+    dockerfile = root / "docker" / "triton.Dockerfile"
+    found = new_problems(root, "gpu", lambda: edit(dockerfile, "    PATH=/opt/inference/venv/bin:${PATH} \\\n", ""))
+    assert any("requires setuptools>=77.0.3" in p and "installed by Debian" in p for p in found), found
+
+
+def test_gpu_accepts_setuptools_put_first_with_ignore_installed(root: Path, new_problems: NewProblems) -> None:
+    dockerfile = root / "docker" / "triton.Dockerfile"
+
+    def system_python_with_setuptools_first() -> None:
+        edit(dockerfile, "    PATH=/opt/inference/venv/bin:${PATH} \\\n", "")
+        edit(
+            dockerfile,
+            "# torch first, alone,",
+            "RUN python3 -m pip install --no-cache-dir --ignore-installed setuptools==80.9.0\n\n# torch first, alone,",
+        )
+
+    found = new_problems(root, "gpu", system_python_with_setuptools_first)
+    assert not [p for p in found if "setuptools" in p], found
+
+
+def test_gpu_catches_torch_from_pypi_on_a_cuda_12_base(root: Path, new_problems: NewProblems) -> None:
+    """Item 2: PyPI's torch 2.13.0 is CUDA 13 (driver R580+): on the base's driver it sees no GPU."""
+    dockerfile = root / "docker" / "triton.Dockerfile"
+    found = new_problems(root, "gpu", lambda: edit(dockerfile, ' --index-url "${TORCH_INDEX_URL}" \\', " \\"))
+    assert any("from PyPI is built for CUDA 13.0" in p and "CUDA 12.8" in p for p in found), found
+
+
+def test_gpu_catches_an_index_for_another_cuda(root: Path, new_problems: NewProblems) -> None:
+    dockerfile = root / "docker" / "triton.Dockerfile"
+    found = new_problems(root, "gpu", lambda: edit(dockerfile, "whl/cu128\n", "whl/cu130\n"))
+    assert any("(CUDA 13.0) but tritonserver:25.01-py3 is CUDA 12.8" in p for p in found), found
+    assert any("ARG TORCH_CUDA=12.8 but torch is installed for CUDA 13.0" in p for p in found), found
+
+
+def test_gpu_catches_a_base_image_changed_alone(root: Path, new_problems: NewProblems) -> None:
+    dockerfile = root / "docker" / "triton.Dockerfile"
+    found = new_problems(root, "gpu", lambda: edit(dockerfile, "tritonserver:25.01-py3\n", "tritonserver:25.08-py3\n"))
+    assert any("is CUDA 13.0: change them together" in p for p in found), found
+    assert any("CUDA 13.0 needs R580" in p for p in found), found
+
+
+def test_gpu_catches_a_silent_cpu_fallback(root: Path, new_problems: NewProblems) -> None:
+    dockerfile = root / "docker" / "triton.Dockerfile"
+    found = new_problems(root, "gpu", lambda: edit(dockerfile, "    INFERENCE_REQUIRE_CUDA=1 \\\n", ""))
+    assert any("does not set ENV INFERENCE_REQUIRE_CUDA=1" in p for p in found), found
+
+
+def test_compose_catches_a_build_arg_that_unpairs_torch_from_the_base(root: Path, new_problems: NewProblems) -> None:
+    compose = root / "docker-compose.grpc.yml"
+    found = new_problems(
+        root,
+        "compose",
+        lambda: edit(
+            compose,
+            "      dockerfile: docker/triton.Dockerfile\n",
+            "      dockerfile: docker/triton.Dockerfile\n      args:\n        TORCH_INDEX_URL: ${TORCH_INDEX_URL:-}\n",
+        ),
+    )
+    assert any("build arg TORCH_INDEX_URL=''" in p for p in found), found
+
+
+def test_compose_catches_tritons_http_open_on_the_network(root: Path, new_problems: NewProblems) -> None:
+    compose = root / "docker-compose.grpc.yml"
+    found = new_problems(root, "compose", lambda: edit(compose, "      - --http-address=127.0.0.1\n", ""))
+    assert any("triton: HTTP listens on 0.0.0.0 with model control open" in p for p in found), found
+
+
+def test_k8s_catches_a_named_target_port_only_a_sidecar_declares(root: Path, new_problems: NewProblems) -> None:
+    """Item 6: such a name resolves to no endpoint before Kubernetes 1.32 (kubernetes#127958)."""
+    service = root / "docker" / "k8s" / "service.yaml"
+    found = new_problems(
+        root, "k8s", lambda: edit(service, "      targetPort: 8002\n", "      targetPort: triton-metrics\n")
+    )
+    assert any("targetPort 'triton-metrics' is declared only by a native sidecar" in p for p in found), found
+
+
+def test_k8s_catches_tritons_model_control_on_the_pod_address(root: Path, new_problems: NewProblems) -> None:
+    manifest = root / "docker" / "k8s" / "statefulset.yaml"
+    found = new_problems(root, "k8s", lambda: edit(manifest, "            - --http-address=127.0.0.1\n", ""))
+    assert any("Triton's HTTP listens on 0.0.0.0 with model control open" in p for p in found), found
+
+
+def test_k8s_catches_a_kubelet_probe_of_a_loopback_port(root: Path, new_problems: NewProblems) -> None:
+    manifest = root / "docker" / "k8s" / "statefulset.yaml"
+
+    def http_get_probe() -> None:
+        text = manifest.read_text()
+        start = text.index("          livenessProbe:\n            exec:")
+        end = text.index("periodSeconds: 15", start)
+        manifest.write_text(
+            text[:start]
+            + "          livenessProbe:\n            httpGet:\n              path: /v2/health/live\n"
+            + "              port: 8000\n            "
+            + text[end:]
+        )
+
+    found = new_problems(root, "k8s", http_get_probe)
+    assert any("livenessProbe connects to port 8000 from the kubelet" in p for p in found), found
+
+
+def test_k8s_catches_metrics_on_the_loopback(root: Path, new_problems: NewProblems) -> None:
+    manifest = root / "docker" / "k8s" / "statefulset.yaml"
+    found = new_problems(
+        root, "k8s", lambda: edit(manifest, "--metrics-address=0.0.0.0\n", "--metrics-address=127.0.0.1\n")
+    )
+    assert any("metrics listen on 127.0.0.1: Prometheus cannot scrape them" in p for p in found), found
