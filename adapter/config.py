@@ -15,6 +15,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# LLM_MAX_PROMPT_CHARS's automatic size: a token of a real tokenizer rarely spans more characters
+# than this, so a prompt past the largest declared context times it cannot fit any model's context.
+PROMPT_CHARS_PER_TOKEN = 8
+DEFAULT_CONTEXT_TOKENS = 32_768  # when no model declares max_context_tokens (Qwen2.5's context)
 
 
 class ConfigError(ValueError):
@@ -66,6 +70,9 @@ class Settings:
     model_cache_dir: Path = default_model_cache_dir()
     llm_model_id: str = ""
     embedding_model_id: str = ""
+    # ChatStream/GenerateStream: characters of prompt (every message's content together) per request,
+    # refused before anything is tokenized; 0 sizes it from the largest context a model declares.
+    llm_max_prompt_chars: int = 0
     # GetEmbedding limits per request.
     embedding_max_inputs: int = 256
     embedding_max_total_chars: int = 1_000_000
@@ -107,6 +114,20 @@ class Settings:
             if match:
                 return int(match.group(1))
         return 1 << 30
+
+    def prompt_char_limit(self) -> int:
+        """LLM_MAX_PROMPT_CHARS, else PROMPT_CHARS_PER_TOKEN times the largest `max_context_tokens`
+        parameter of the repository's config.pbtxt files (DEFAULT_CONTEXT_TOKENS when none declares one)."""
+        if self.llm_max_prompt_chars:
+            return self.llm_max_prompt_chars
+        contexts = [DEFAULT_CONTEXT_TOKENS]
+        declared = re.compile(r'key:\s*"max_context_tokens"\s*value:\s*\{\s*string_value:\s*"(\d+)"')
+        for config in sorted(self.model_repository.glob("*/config.pbtxt")):
+            try:
+                contexts += [int(found) for found in declared.findall(config.read_text())]
+            except OSError:
+                continue
+        return PROMPT_CHARS_PER_TOKEN * max(contexts)
 
     @property
     def embedded(self) -> bool:
@@ -288,6 +309,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_cache_dir=_parse(env, "MODEL_CACHE_DIR", d.model_cache_dir, Path, "a folder"),
         llm_model_id=env.get("LLM_MODEL_ID", "").strip(),
         embedding_model_id=env.get("EMBEDDING_MODEL_ID", "").strip(),
+        llm_max_prompt_chars=_parse(
+            env, "LLM_MAX_PROMPT_CHARS", 0, _non_negative_int, "a number of characters (0: sized from the models)"
+        ),
         embedding_max_inputs=_parse(
             env, "EMBEDDING_MAX_INPUTS", d.embedding_max_inputs, _positive_int, "a positive integer"
         ),

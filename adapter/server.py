@@ -135,7 +135,7 @@ class Adapter:
         )
         pb_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(
-                TextGenerationService(self.gateway, self.scheduler),
+                TextGenerationService(self.gateway, self.scheduler, s.prompt_char_limit()),
                 EmbeddingService(self.gateway, self.scheduler, s),
                 ImageService(self.image_jobs, s),
                 memory,

@@ -35,9 +35,19 @@ def chat_messages(messages: Any) -> list[dict[str, str]]:
 
 
 def prompt_text(prompt: str) -> str:
-    if not prompt:
-        raise InvalidArgument("prompt must not be empty")
+    if not prompt.strip():
+        raise InvalidArgument("prompt must not be empty or only whitespace")
     return prompt
+
+
+def prompt_size(chars: int, limit: int) -> None:
+    """Refuses a prompt longer than `limit` characters (0: no limit) before anything tokenizes it:
+    tokenizing megabytes holds up every other request of the model."""
+    if limit and chars > limit:
+        raise InvalidArgument(
+            f"the prompt holds {chars} characters; the limit is {limit} per request (LLM_MAX_PROMPT_CHARS), "
+            "sized so that no longer prompt fits any model's context"
+        )
 
 
 def sampling_parameters(options: pb.GenerationOptions, max_tokens_limit: int | None) -> dict[str, Any]:

@@ -29,13 +29,15 @@ def _duration(seconds: float) -> Duration:
 
 
 class TextGenerationService:
-    def __init__(self, gateway: TritonGateway, scheduler: Scheduler) -> None:
+    def __init__(self, gateway: TritonGateway, scheduler: Scheduler, max_prompt_chars: int = 0) -> None:
         self._gateway = gateway
         self._scheduler = scheduler
+        self._max_prompt_chars = max_prompt_chars  # 0: no limit here (the model checks its context)
 
     def chat(self, request: pb.ChatStreamRequest) -> AsyncIterator[pb.ChatStreamResponse]:
         model = validation.require_model(request.model)
         messages = validation.chat_messages(request.messages)
+        validation.prompt_size(sum(len(m["content"]) for m in messages), self._max_prompt_chars)
         validation.sampling_parameters(request.options, None)  # fail fast, before any load
         return self._stream(
             pb.ChatStreamResponse,
@@ -47,6 +49,7 @@ class TextGenerationService:
     def generate(self, request: pb.GenerateStreamRequest) -> AsyncIterator[pb.GenerateStreamResponse]:
         model = validation.require_model(request.model)
         prompt = validation.prompt_text(request.prompt)
+        validation.prompt_size(len(prompt), self._max_prompt_chars)
         validation.sampling_parameters(request.options, None)
         return self._stream(
             pb.GenerateStreamResponse,

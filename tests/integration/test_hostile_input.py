@@ -118,3 +118,48 @@ def test_a_repetition_penalty_that_broke_sampling_is_invalid_argument(stub: pb_g
     for penalty in (0.01, 100.0):
         request.options.repetition_penalty = penalty
         assert list(stub.ChatStream(request, timeout=60))[-1].done
+
+
+def test_a_chat_is_answered_promptly_while_oversized_prompts_are_refused(stub: pb_grpc.InferenceServiceStub) -> None:
+    """Three 5 MB prompts at once used to be tokenized inside the model before its context check
+    (about 4.5 s each) while a 14-token chat waited behind them: now the adapter refuses them by
+    size (LLM_MAX_PROMPT_CHARS) before anything tokenizes them."""
+    huge = "lorem ipsum " * (5_000_000 // 12)
+    outcomes: dict[str, tuple[float, grpc.StatusCode | None, str]] = {}
+
+    def big(name: str, chat: bool) -> None:
+        started = time.monotonic()
+        try:
+            if chat:
+                request = pb.ChatStreamRequest(model="llm", messages=[pb.ChatMessage(role="user", content=huge)])
+                list(stub.ChatStream(request, timeout=60))
+            else:
+                list(stub.GenerateStream(pb.GenerateStreamRequest(model="llm", prompt=huge), timeout=60))
+            outcomes[name] = (time.monotonic() - started, None, "")
+        except grpc.RpcError as err:
+            outcomes[name] = (time.monotonic() - started, err.code(), err.details() or "")
+
+    threads = [threading.Thread(target=big, args=(f"big-{i}", i % 2 == 0)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    started = time.monotonic()
+    small = pb.ChatStreamRequest(
+        model="llm",
+        messages=[pb.ChatMessage(role="user", content="Say hello in one short sentence, please.")],
+        options=pb.GenerationOptions(max_tokens=8),
+    )
+    assert list(stub.ChatStream(small, timeout=60))[-1].done
+    small_seconds = time.monotonic() - started
+    for thread in threads:
+        thread.join(60)
+    for name, (seconds, code, details) in outcomes.items():
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, code, details)
+        assert "LLM_MAX_PROMPT_CHARS" in details and seconds < 3.0, (name, seconds, details)
+    assert small_seconds < 3.0, f"the small chat took {small_seconds:.1f}s behind the oversized prompts"
+
+
+def test_a_whitespace_only_prompt_is_invalid_argument(stub: pb_grpc.InferenceServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.GenerateStream(pb.GenerateStreamRequest(model="llm", prompt=" \n\t "), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "prompt" in (refused.value.details() or "")

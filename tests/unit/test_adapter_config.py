@@ -259,3 +259,24 @@ def test_tls_files_are_checked_readable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="GRPC_CLIENT_CA_FILE"):
         load_settings({**env, "GRPC_CLIENT_CA_FILE": str(tmp_path / "missing.crt")})
     assert load_settings({**env, "GRPC_CLIENT_CA_FILE": str(ca)}).grpc_client_ca_file == ca
+
+
+def test_the_prompt_limit_is_sized_from_the_largest_declared_context(tmp_path: Path) -> None:
+    from adapter.config import DEFAULT_CONTEXT_TOKENS, PROMPT_CHARS_PER_TOKEN
+
+    for name, tokens in (("small", 2048), ("large", 131072)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text(
+            f'parameters {{\n  key: "max_context_tokens"\n  value: {{ string_value: "{tokens}" }}\n}}\n'
+        )
+    settings = load_settings({"MODEL_REPOSITORY": str(tmp_path)})
+    assert settings.prompt_char_limit() == PROMPT_CHARS_PER_TOKEN * 131072
+    fixed = load_settings({"MODEL_REPOSITORY": str(tmp_path), "LLM_MAX_PROMPT_CHARS": "5000"})
+    assert fixed.prompt_char_limit() == 5000
+    (tmp_path / "large" / "config.pbtxt").unlink()
+    (tmp_path / "small" / "config.pbtxt").unlink()
+    assert load_settings({"MODEL_REPOSITORY": str(tmp_path)}).prompt_char_limit() == (
+        PROMPT_CHARS_PER_TOKEN * DEFAULT_CONTEXT_TOKENS
+    )
+    with pytest.raises(ConfigError, match="LLM_MAX_PROMPT_CHARS"):
+        load_settings({"LLM_MAX_PROMPT_CHARS": "-1"})

@@ -234,3 +234,15 @@ class TestEmbeddingInputs:
         with pytest.raises(InvalidArgument) as caught:
             validation.embedding_inputs(inputs, max_inputs=2, max_total_chars=5)
         assert needle in caught.value.message
+
+
+def test_a_prompt_past_the_character_limit_is_refused_naming_the_setting() -> None:
+    validation.prompt_size(100, 100)
+    validation.prompt_size(10**9, 0)  # 0: no limit in the adapter
+    with pytest.raises(InvalidArgument, match="LLM_MAX_PROMPT_CHARS"):
+        validation.prompt_size(101, 100)
+
+
+def test_a_whitespace_only_prompt_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="prompt"):
+        validation.prompt_text(" \n\t")
