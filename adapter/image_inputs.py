@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,8 +185,17 @@ def _decode(name: str, data: bytes, max_pixels: int) -> tuple[int, int]:
         # Pillow's decoders raise more than OSError on crafted files (EOFError, struct.error,
         # IndexError, ...), and MemoryError on absurd sizes: all mean "not a usable image".
         raise InvalidArgument(
-            f"{name} is not a readable PNG, JPEG or WebP image ({type(err).__name__}: {err})"
+            f"{name} is not a readable PNG, JPEG or WebP image ({type(err).__name__}: {_without_reprs(err)})"
         ) from None
+
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _without_reprs(err: Exception) -> str:
+    """The error's text without the reprs of our own objects (Pillow quotes "<_io.BytesIO object at
+    0x...>"), which mean nothing to a client."""
+    return _OBJECT_REPR.sub("", str(err)).strip() or "no details"
 
 
 def check_edit_images(spec: ImageSpec, settings: Settings) -> None:

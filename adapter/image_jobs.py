@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from adapter import errors
 from adapter.config import Settings
 from adapter.image_inputs import ImageSpec, png_size
 from adapter.job_store import JobRecord, JobStore
-from adapter.scheduler import Scheduler
+from adapter.model_files import ModelFile, read_model_file
+from adapter.scheduler import LOADED, Scheduler
 from adapter.triton_gateway import TritonGateway
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class ImageJobService:
 
     async def _submit(self, spec: ImageSpec, fingerprint: str) -> str:
         await self._scheduler.slot(spec.model)  # an unknown model fails now, not as a job
+        await self._check_model(spec)  # so does a model of another kind, or a job it would refuse
         if self._queued >= self._settings.image_max_queued_jobs:
             raise errors.ResourceExhausted(
                 f"the image job queue is full ({self._queued} jobs waiting, IMAGE_MAX_QUEUED_JOBS="
@@ -109,6 +112,43 @@ class ImageJobService:
         self._scheduler.add_queued(spec.model, 1)  # queued jobs keep their model from eviction
         self._queue.put_nowait(job)
         return job_id
+
+    async def _model_file(self, model: str) -> ModelFile | None:
+        """The model's outputs and parameters: Triton's config when it is loaded, else its config.pbtxt."""
+        slot = await self._scheduler.slot(model)
+        if slot.state == LOADED:
+            try:
+                info = await self._gateway.model_info(model)
+                return ModelFile(info.outputs, dict(info.parameters))
+            except errors.AdapterError:
+                pass
+        return read_model_file(self._settings.model_repository, model)
+
+    async def _check_model(self, spec: ImageSpec) -> None:
+        """Refuses now what the model would fail as a job: a model that makes no images, or an edit
+        whose strength leaves no denoising step. Unknown configs are let through (the job reports)."""
+        model = await self._model_file(spec.model)
+        if model is None:
+            return
+        if model.outputs and "images" not in model.outputs:
+            raise errors.InvalidArgument(
+                f"model {spec.model!r} is not an image model (it has no `images` output); "
+                "image jobs need one, such as 'image'"
+            )
+        strength = spec.parameters.get("strength")
+        if strength is None:
+            return
+        steps = spec.parameters.get("steps")
+        if steps is None:
+            try:
+                steps = int(model.parameters.get("default_steps", ""))
+            except ValueError:
+                return
+        if int(steps * strength) < 1:
+            raise errors.InvalidArgument(
+                f"strength {strength:g} with {steps} steps runs no denoising step (steps * strength must be >= 1); "
+                f"raise strength to at least {1 / steps:.4g} or options.steps to at least {math.ceil(1 / strength)}"
+            )
 
     async def status(self, job_id: str) -> JobView:
         live = self._live.get(job_id)

@@ -74,6 +74,7 @@ class EmbeddingRows:
 class _ModelInfo:
     parameters: dict[str, str] = field(default_factory=dict)
     max_batch_size: int = 0
+    outputs: frozenset[str] = frozenset()  # the names of the model's output tensors
 
 
 def _process_alive(pid: int) -> bool:
@@ -199,6 +200,7 @@ class TritonGateway:
         return _ModelInfo(
             parameters={key: value.get("string_value", "") for key, value in raw.items()},
             max_batch_size=int(body.get("max_batch_size", 0) or 0),
+            outputs=frozenset(str(output.get("name", "")) for output in body.get("output", [])),
         )
 
     async def embed(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:

@@ -120,6 +120,11 @@ def duration_seconds(name: str, duration: Duration) -> float:
         )
     if not -999_999_999 <= duration.nanos <= 999_999_999:
         raise InvalidArgument(f"{name}.nanos must be within +-999999999; got {duration.nanos}")
+    if duration.seconds * duration.nanos < 0:
+        raise InvalidArgument(
+            f"{name}: seconds and nanos must have the same sign (google.protobuf.Duration); "
+            f"got seconds {duration.seconds}, nanos {duration.nanos}"
+        )
     return duration.seconds + duration.nanos / 1e9
 
 

@@ -163,3 +163,44 @@ def test_a_whitespace_only_prompt_is_invalid_argument(stub: pb_grpc.InferenceSer
         list(stub.GenerateStream(pb.GenerateStreamRequest(model="llm", prompt=" \n\t "), timeout=30))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "prompt" in (refused.value.details() or "")
+
+
+@pytest.mark.parametrize("model", ["llm", "embedding"])
+def test_an_image_job_for_a_model_that_makes_no_images_is_refused_at_submit(
+    stub: pb_grpc.InferenceServiceStub, model: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.GenerateImage(pb.GenerateImageRequest(model=model, prompt="a red square"), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not an image model" in (refused.value.details() or "")
+
+
+def test_an_edit_whose_strength_leaves_no_denoising_step_is_refused_at_submit(
+    stub: pb_grpc.InferenceServiceStub,
+) -> None:
+    from tests.integration.images_helpers import picture
+
+    for options in (pb.ImageOptions(width=32, height=32), pb.ImageOptions(width=32, height=32, steps=4)):
+        request = pb.EditImageRequest(model="image", prompt="x", image=picture(32, 32), strength=1e-9, options=options)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.EditImage(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "steps * strength" in (refused.value.details() or "")
+
+
+def test_an_unreadable_image_is_refused_without_python_reprs(stub: pb_grpc.InferenceServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.EditImage(pb.EditImageRequest(model="image", prompt="x", image=b"not a picture"), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = refused.value.details() or ""
+    assert "not a readable" in details and "object at 0x" not in details and "BytesIO" not in details
+
+
+def test_a_duration_with_mixed_signs_is_invalid_argument(stub: pb_grpc.InferenceServiceStub) -> None:
+    from google.protobuf.duration_pb2 import Duration
+
+    request = pb.GetEmbeddingRequest(model="embedding", inputs=["x"], keep_alive=Duration(seconds=5, nanos=-1))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.GetEmbedding(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "same sign" in (refused.value.details() or "")

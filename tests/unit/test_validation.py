@@ -246,3 +246,12 @@ def test_a_prompt_past_the_character_limit_is_refused_naming_the_setting() -> No
 def test_a_whitespace_only_prompt_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="prompt"):
         validation.prompt_text(" \n\t")
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(1, -500_000_000), (-1, 500_000_000)])
+def test_a_duration_with_mixed_signs_is_refused(seconds: int, nanos: int) -> None:
+    from google.protobuf.duration_pb2 import Duration
+
+    with pytest.raises(InvalidArgument, match="same sign"):
+        validation.duration_seconds("keep_alive", Duration(seconds=seconds, nanos=nanos))
+    assert validation.duration_seconds("keep_alive", Duration(seconds=0, nanos=-5)) == -5e-9
