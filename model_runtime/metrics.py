@@ -43,11 +43,13 @@ class ModelMetrics:
         family = self._family(name, description, self._pb_utils.MetricFamily.GAUGE)
         return family.Metric(labels={**self.labels, **labels})
 
-    def publish_memory(self, at_most_every_s: float = 0.0) -> None:
+    def publish_memory(self, at_most_every_s: float = 0.0, headroom_bytes: int = 0) -> None:
         """Sets model_memory_bytes{model} from this process (the adapter reads it per model);
-        skipped when the last update is more recent than at_most_every_s (hot paths)."""
+        skipped when the last update is more recent than at_most_every_s (hot paths).
+        headroom_bytes: memory the model has reserved but not allocated yet (the LLM's KV cache
+        budget not in use), counted so the adapter's budget holds when it fills."""
         now = time.monotonic()
         if at_most_every_s and now - self._published_at < at_most_every_s:
             return
         self._published_at = now
-        self._memory.set(process_memory_bytes(self._device))
+        self._memory.set(process_memory_bytes(self._device) + max(0, headroom_bytes))

@@ -1,21 +1,20 @@
 """Sampling, stop sequences and request parsing for the LLM model, free of Triton.
 
-Sampling is done by our own logits processor with a per-request `torch.Generator`: the global RNG
-that transformers' sampler draws from is shared by every concurrent request of a stub, so a fixed
-seed would not reproduce under load. The processor picks the token and hands `generate` a one-hot
-score row, which greedy decoding then takes as is.
+Sampling is ours, with a `torch.Generator` per request: a shared RNG would make a seed's result
+depend on what else runs in the batch. The batching engine (`model_runtime.batching`) asks each
+request's sampler for its row's token; as a transformers logits processor the same sampler hands
+`generate` a one-hot row.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import LogitsProcessor
 
 from model_runtime.json_values import finite_number
 
@@ -148,6 +147,17 @@ class SeededSampler(LogitsProcessor):
             self.generator.seed()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        choice = self._pick(input_ids, scores)
+        one_hot = torch.full_like(scores, -math.inf)
+        one_hot.scatter_(1, choice, 0.0)
+        return one_hot
+
+    def choose(self, input_ids: torch.Tensor, scores: torch.Tensor) -> int:
+        """The next token of one row: `input_ids` [1, tokens so far] (read only for penalties),
+        `scores` [1, vocabulary]."""
+        return int(self._pick(input_ids, scores)[0, 0])
+
+    def _pick(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         p = self.params
         logits = scores.float().clone()
         if p.repetition_penalty != 1.0:
@@ -176,19 +186,7 @@ class SeededSampler(LogitsProcessor):
                 drop = drop_sorted.scatter(1, order, drop_sorted)
                 logits = logits.masked_fill(drop, -math.inf)
             choice = torch.multinomial(logits.softmax(dim=-1), 1, generator=self.generator)
-        one_hot = torch.full_like(scores, -math.inf)
-        one_hot.scatter_(1, choice, 0.0)
-        return one_hot
-
-
-class StopOnEvent(StoppingCriteria):
-    """Ends generation at the next token once the event is set (cancel, or a stop sequence met)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return choice
 
 
 class StopSequenceBuffer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from model_runtime.text_generation import (
     InvalidRequest,
     SamplingParams,
     SeededSampler,
-    StopOnEvent,
     parse_messages,
     parse_sampling_parameters,
 )
@@ -422,18 +420,3 @@ def test_penalties_are_counted_per_row_of_a_batch() -> None:
     s = sampler(prompt_length=1, temperature=0.0, frequency_penalty=2.0)
     out = s(torch.tensor([[5, 0], [5, 1]]), torch.tensor([[3.0, 2.0], [3.0, 2.0]]))
     assert [chosen(row) for row in out] == [1, 0]
-
-
-# --- StopOnEvent -----------------------------------------------------------------------------
-
-
-def test_stop_on_event_is_false_until_the_event_is_set() -> None:
-    event = threading.Event()
-    criteria = StopOnEvent(event)
-    ids = torch.tensor([[1, 2], [3, 4]])
-    scores = torch.zeros(2, 5)
-    assert criteria(ids, scores).tolist() == [False, False]
-    event.set()
-    result = criteria(ids, scores)
-    assert result.dtype == torch.bool
-    assert result.tolist() == [True, True]

@@ -1,35 +1,36 @@
-"""Triton python-backend model: streaming text generation with transformers.
+"""Triton python-backend model: streaming text generation, continuously batched.
 
-Every pb_utils call (send, is_cancelled, metrics) happens on the stub's asyncio loop, never from
-the generation threads: Triton 2.51 crashes when several threads of one stub call pb_utils at once.
+A thin shell over `model_runtime.batching.BatchingEngine`: `execute` parses each request (tokenizing
+in a worker thread, so a huge prompt never stalls the others), submits it to the engine, and sends
+what the engine delivers. The engine runs every active request in one forward pass per step on its
+own thread. Every pb_utils call (send, is_cancelled, metrics) happens on the stub's asyncio loop,
+never on the engine's or a worker's thread: Triton 2.51 crashes when several threads of one stub
+call pb_utils at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import itertools
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
-from transformers import AsyncTextIteratorStreamer, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from model_runtime.batching import BatchingEngine, StepOutput
 from model_runtime.metrics import ModelMetrics
-from model_runtime.model_config import ModelParameters, pick_device
-from model_runtime.text_generation import (
-    InvalidRequest,
-    SamplingParams,
-    SeededSampler,
-    StopOnEvent,
-    StopSequenceBuffer,
-    parse_messages,
-    parse_sampling_parameters,
-)
+from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
+from model_runtime.text_generation import InvalidRequest, SamplingParams, parse_messages, parse_sampling_parameters
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# How often Triton's cancel flags are read (one task for every open request): cancellation takes
+# effect at the engine's next step after this.
 CANCEL_POLL_SECONDS = 0.02
+# The gauges the Kubernetes Gateway API Inference Extension routes on are refreshed at most this often.
+GAUGE_INTERVAL_SECONDS = 0.1
 
 
 def _string_input(request: Any, name: str) -> str | None:
@@ -45,8 +46,20 @@ def _bool_input(request: Any, name: str, default: bool) -> bool:
     return default if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
 
 
+@dataclass
+class _Stream:
+    """One request being served: where its outputs go."""
+
+    request: Any
+    sender: Any
+    stream: bool
+    done: asyncio.Future[None]
+    collected: list[str] = field(default_factory=list)  # the text, when not streaming
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
+        require_cuda_if_expected()  # the GPU image must not fall back to the CPU silently
         params = ModelParameters(args["model_config"])
         self.model_name = args["model_name"]
         model_id = params.string("model_id", "", env="LLM_MODEL_ID")
@@ -54,20 +67,36 @@ class TritonPythonModel:
             raise ValueError("no weights configured: set parameter model_id or LLM_MODEL_ID")
         self.max_tokens_limit = params.integer("max_tokens_limit", 4096, minimum=1)
         self.default_max_tokens = params.integer("default_max_tokens", 128, minimum=1)
-        self.device = pick_device()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        # The GPU Triton assigned (KIND_GPU), else cuda (KIND_MODEL), else the CPU; bf16 where the
+        # GPU computes it (today's LLMs are trained in it), fp16 on older GPUs, fp32 on the CPU.
+        self.device = triton_device(args)
         self.tokenizer = AutoTokenizer.from_pretrained(model_id)
-        self.model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(self.device).eval()
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
-        self.executor = ThreadPoolExecutor(
-            max_workers=params.integer("max_concurrent_generations", 4, minimum=1),
-            thread_name_prefix="generate",
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(model_id, dtype=preferred_dtype(self.device)).to(self.device).eval()
         )
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.ids = itertools.count(1)
+        self.engine = BatchingEngine(
+            self.model,
+            self.tokenizer,
+            self.device,
+            max_num_seqs=params.integer("max_num_seqs", 64, minimum=1),
+            kv_cache_tokens=params.integer("kv_cache_tokens", 16384, minimum=1),
+            max_prefill_tokens=params.integer("max_prefill_tokens", 4096, minimum=1),
+            deliver=self._deliver_from_engine,
+        )
+        self.engine.warm_up()
+        # Tokenizing (and rendering chat templates) off the loop that sends every stream's tokens.
+        self.tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.watcher: asyncio.Task[None] | None = None
         self._define_metrics()
-        self.metrics.publish_memory()
+        self.engine.start()
+        self.metrics.publish_memory(headroom_bytes=self.engine.kv_headroom_bytes())
 
     def _define_metrics(self) -> None:
-        self.metrics = ModelMetrics(pb_utils, self.model_name)
+        self.metrics = ModelMetrics(pb_utils, self.model_name, self.device)
         self.finished = {
             reason: self.metrics.counter(
                 "llm_generation_requests_total", "Generation requests finished, by finish reason", finish_reason=reason
@@ -77,143 +106,137 @@ class TritonPythonModel:
         self.tokens = self.metrics.counter(
             "llm_generated_tokens_total", "Tokens generated (counted when a request ends)"
         )
-        self.active = self.metrics.gauge("llm_active_generations", "Generations running now inside the model")
+        self.active = self.metrics.gauge("llm_active_generations", "Generations inside the model (waiting or running)")
+        # vLLM's names for what the Gateway API Inference Extension's model-server protocol reads
+        # (vllm:num_requests_waiting, vllm:num_requests_running, vllm:gpu_cache_usage_perc).
+        self.waiting = self.metrics.gauge("llm_num_requests_waiting", "Requests waiting for a place in the batch")
+        self.running = self.metrics.gauge("llm_num_requests_running", "Requests in the running batch")
+        self.cache_usage = self.metrics.gauge(
+            "llm_kv_cache_usage_perc", "Share of the KV cache budget (kv_cache_tokens) held by running requests, 0-1"
+        )
+        self._gauges_at = 0.0
+
+    # --- the stub's loop -------------------------------------------------------------------------
 
     async def execute(self, requests: list[Any]) -> None:
         # Decoupled + async execute: the stub keeps taking requests while these run.
+        self.loop = asyncio.get_running_loop()
+        if self.watcher is None or self.watcher.done():
+            self.watcher = self.loop.create_task(self._watch_cancellations())
         await asyncio.gather(*(self._serve(request) for request in requests))
 
     async def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()
+        assert self.loop is not None
         try:
-            prompt_ids, params, stream = self._parse(request)
+            inputs = self._read_inputs(request)
+            prompt_ids, params = await self.loop.run_in_executor(self.tokenizing, self._parse, *inputs)
+            stream = _bool_input(request, "stream", True)
+            request_id = next(self.ids)
+            state = _Stream(request, sender, stream, self.loop.create_future())
+            self.streams[request_id] = state
+            try:
+                self.engine.submit(request_id, prompt_ids, params)
+            except InvalidRequest:
+                del self.streams[request_id]
+                raise
         except InvalidRequest as err:
             error = pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG)
             sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
             return
         self.active.increment(1)
         try:
-            await self._generate_and_send(request, sender, prompt_ids, params, stream)
-        except Exception as err:  # noqa: BLE001 - any failure must still end the request
-            self.finished["error"].increment(1)
-            error = pb_utils.TritonError(
-                f"generation failed: {type(err).__name__}: {err}", pb_utils.TritonError.INTERNAL
-            )
-            sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+            await state.done
         finally:
             self.active.increment(-1)
-            self.metrics.publish_memory()  # what a generation grew is what an unload gives back
+            self.streams.pop(request_id, None)
 
-    def _parse(self, request: Any) -> tuple[torch.Tensor, SamplingParams, bool]:
-        params = parse_sampling_parameters(
-            _string_input(request, "sampling_parameters"), self.default_max_tokens, self.max_tokens_limit
+    def _read_inputs(self, request: Any) -> tuple[str | None, str | None, str | None]:
+        """On the loop (pb_utils): the request's string inputs."""
+        return (
+            _string_input(request, "sampling_parameters"),
+            _string_input(request, "messages"),
+            _string_input(request, "text_input"),
         )
-        messages_json = _string_input(request, "messages")
-        text = _string_input(request, "text_input")
+
+    def _parse(
+        self, sampling_json: str | None, messages_json: str | None, text: str | None
+    ) -> tuple[list[int], SamplingParams]:
+        """On the tokenizing thread (no pb_utils): options checked, prompt tokenized."""
+        params = parse_sampling_parameters(sampling_json, self.default_max_tokens, self.max_tokens_limit)
         if (messages_json is None) == (text is None):
             raise InvalidRequest("exactly one of text_input and messages must be given")
         if messages_json is not None:
             encoded = self.tokenizer.apply_chat_template(
-                parse_messages(messages_json), add_generation_prompt=True, return_tensors="pt", return_dict=True
+                parse_messages(messages_json), add_generation_prompt=True, return_dict=True
             )
-            prompt_ids = encoded["input_ids"]
+            prompt_ids = list(encoded["input_ids"])
         else:
-            if not text:
-                raise InvalidRequest("text_input must not be empty")
-            prompt_ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
-        prompt_length = int(prompt_ids.shape[1])
-        if self.context_length and prompt_length + params.max_tokens > self.context_length:
+            if not text or not text.strip():
+                raise InvalidRequest("text_input must not be empty or only whitespace")
+            prompt_ids = list(self.tokenizer(text)["input_ids"])
+        if self.context_length and len(prompt_ids) + params.max_tokens > self.context_length:
             raise InvalidRequest(
-                f"prompt ({prompt_length} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
+                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
                 f"model's context of {self.context_length} tokens"
             )
-        return prompt_ids, params, _bool_input(request, "stream", True)
+        return prompt_ids, params
 
-    async def _generate_and_send(
-        self, request: Any, sender: Any, prompt_ids: torch.Tensor, params: SamplingParams, stream: bool
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        prompt_length = int(prompt_ids.shape[1])
-        streamer = AsyncTextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        stop_event = threading.Event()  # asks the generation thread to stop at its next token
-        cancelled = asyncio.Event()
-        generation = loop.run_in_executor(self.executor, self._generate, prompt_ids, params, streamer, stop_event)
-        watcher = loop.create_task(self._watch_cancellation(request, generation, stop_event, cancelled))
-        stops = StopSequenceBuffer(params.stop)
-        collected: list[str] = []
-        stop_met = False
-        try:
-            async for text in streamer:
-                if not text or cancelled.is_set():
-                    # Empty deltas happen; after a cancel, drain without sending.
-                    continue
-                emit, stop_met = stops.push(text)
-                if stop_met:
-                    stop_event.set()
-                if emit:
-                    if stream:
-                        sender.send(self._chunk(emit))
-                    else:
-                        collected.append(emit)
-                if stop_met:
-                    break
-            output = await generation
-        finally:
-            watcher.cancel()
-        was_cancelled = cancelled.is_set()
-        completion_ids = output[0, prompt_length:]
-        completion_tokens = int(completion_ids.shape[0])
-        tail = "" if stop_met or was_cancelled else stops.flush()
-        if was_cancelled:
-            reason = "cancelled"
-        elif stop_met or (completion_tokens and int(completion_ids[-1]) == self.tokenizer.eos_token_id):
-            reason = "stop"
-        else:
-            reason = "length" if completion_tokens >= params.max_tokens else "stop"
-        last_text = "".join(collected) + tail if not stream else tail
-        self.finished[reason].increment(1)
-        self.tokens.increment(completion_tokens)
-        sender.send(self._final(last_text, reason, prompt_length, completion_tokens), flags=FINAL)
-
-    async def _watch_cancellation(
-        self, request: Any, generation: asyncio.Future[Any], stop_event: threading.Event, cancelled: asyncio.Event
-    ) -> None:
-        """Polls Triton's cancel flag from the loop thread while the generation runs."""
-        while not generation.done():
-            if request.is_cancelled():
-                cancelled.set()
-                stop_event.set()
-                return
+    async def _watch_cancellations(self) -> None:
+        """Reads every open request's cancel flag; the engine drops a cancelled one at its next step."""
+        while True:
             await asyncio.sleep(CANCEL_POLL_SECONDS)
+            for request_id, state in list(self.streams.items()):
+                if not state.done.done() and state.request.is_cancelled():
+                    self.engine.cancel(request_id)
 
-    def _generate(
-        self,
-        prompt_ids: torch.Tensor,
-        params: SamplingParams,
-        streamer: AsyncTextIteratorStreamer,
-        stop_event: threading.Event,
-    ) -> torch.Tensor:
-        """Runs in a worker thread; touches no pb_utils."""
-        prompt_ids = prompt_ids.to(self.device)
-        config = GenerationConfig(
-            max_new_tokens=params.max_tokens,
-            do_sample=False,  # SeededSampler already chose the token: greedy takes its one-hot row
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
-        try:
-            with torch.inference_mode():
-                return self.model.generate(
-                    prompt_ids,
-                    attention_mask=torch.ones_like(prompt_ids),
-                    generation_config=config,
-                    logits_processor=[SeededSampler(params, int(prompt_ids.shape[1]), self.device)],
-                    stopping_criteria=[StopOnEvent(stop_event)],
-                    streamer=streamer,
-                ).cpu()
-        except BaseException:
-            streamer.end()  # unblock the consumer before the error surfaces through the future
-            raise
+    def _deliver_from_engine(self, outputs: list[StepOutput]) -> None:
+        """Engine thread: hands one step's outputs to the loop (no pb_utils here)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._send, outputs)
+
+    def _send(self, outputs: list[StepOutput]) -> None:
+        """On the loop: one response per output with text, the final one with the counts."""
+        for output in outputs:
+            state = self.streams.get(output.request_id)
+            if state is None or state.done.done():
+                continue
+            if not output.finished:
+                if output.text:
+                    if state.stream:
+                        state.sender.send(self._chunk(output.text))
+                    else:
+                        state.collected.append(output.text)
+                continue
+            self._send_final(state, output)
+            state.done.set_result(None)
+        self._refresh_gauges()
+
+    def _send_final(self, state: _Stream, output: StepOutput) -> None:
+        reason = output.finish_reason or "error"
+        self.finished[reason].increment(1)
+        self.tokens.increment(output.completion_tokens)
+        if reason == "error":
+            error = pb_utils.TritonError(f"generation failed: {output.error}", pb_utils.TritonError.INTERNAL)
+            state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        else:
+            text = "".join(state.collected) + output.text if not state.stream else output.text
+            final = self._final(text, reason, output.prompt_tokens, output.completion_tokens)
+            state.sender.send(final, flags=FINAL)
+        # What the process holds now, plus the KV budget not in use (it may fill at any moment).
+        self.metrics.publish_memory(at_most_every_s=1.0, headroom_bytes=self.engine.kv_headroom_bytes())
+
+    def _refresh_gauges(self) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        if now - self._gauges_at < GAUGE_INTERVAL_SECONDS:
+            return
+        self._gauges_at = now
+        stats = self.engine.stats()
+        self.waiting.set(stats.waiting)
+        self.running.set(stats.running)
+        self.cache_usage.set(stats.kv_cache_usage)
 
     def _chunk(self, text: str) -> Any:
         return pb_utils.InferenceResponse(
@@ -231,7 +254,12 @@ class TritonPythonModel:
         )
 
     def finalize(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        del self.model
+        self.engine.stop()
+        self.tokenizing.shutdown(wait=True, cancel_futures=True)
+        if self.watcher is not None:
+            self.watcher.cancel()
+        del self.model, self.engine
+        import torch
+
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
