@@ -11,6 +11,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Gauge
 
 from adapter import errors
 from adapter.auth import ApiKeyInterceptor, ApiKeyPolicy
@@ -156,6 +157,11 @@ class Adapter:
         if bound == 0:
             raise OSError(f"cannot listen on {address} (GRPC_HOST/GRPC_PORT)")
         await self.server.start()
+        loop = asyncio.get_running_loop()
+        # For leak hunting (benchmarks/soak.py): read at scrape time, from the HTTP server's thread.
+        Gauge(
+            "adapter_asyncio_tasks", "asyncio tasks alive in the adapter's event loop", registry=self.metrics.registry
+        ).set_function(lambda: len(asyncio.all_tasks(loop)))
         metrics_port = await self.metrics.start_http(s.grpc_host, s.metrics_port)
         log.info("adapter metrics on http://%s:%d/metrics (Triton's: %s)", s.grpc_host, metrics_port, metrics_url)
         await self._set_health(True)
