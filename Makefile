@@ -67,6 +67,7 @@ test: test-go test-python
 # Measures, does not assert: adapter vs Triton direct in one run; tables under benchmarks/results/.
 bench: models
 	$(PY) -m benchmarks.streaming
+	$(PY) -m benchmarks.batching --before benchmarks/results/batching-before.json
 	$(PY) -m benchmarks.embeddings
 	$(PY) -m benchmarks.images
 	$(PY) -m benchmarks.model_loads

@@ -37,6 +37,15 @@ def main() -> None:
                     f"  {row['model']:13s} {row['rpc']:8s} {row['streams']:>3s} streams: {row['ratio chunks/s']} "
                     f"chunks/s, TTFC p50 / p99 {row['added TTFC p50 / p99 ms']} ms, {row['chunks/msg']} chunks/msg"
                 )
+    batching = RESULTS / "batching.md"
+    if batching.exists():
+        print("Continuous batching, llm ChatStream (tokens/s, growth over 1 stream, adapter / direct):")
+        for row in _rows(batching):
+            if row.get("path") == "adapter":
+                print(
+                    f"  {row['weights']:5s} {row['streams']:>3s} streams: {row['tokens/s']:>5s} tokens/s, "
+                    f"{row['x 1 stream']} of 1 stream, TTFC p50 {row['TTFC p50']} ms, {row['adapter / direct']} direct"
+                )
     embeddings = RESULTS / "embeddings.md"
     if embeddings.exists():
         print("Embeddings, adapter / Triton direct (embeddings/s):")

@@ -183,8 +183,20 @@ class BatchingEngine:
         self._forward(one, torch.ones_like(one), torch.zeros_like(one), cache)
         _check_cache_layers(cache)
         self.kv_bytes_per_token = sum(
-            layer.keys.element_size() * layer.keys[0, :, 0, :].numel() * 2 for layer in cache.layers
+            layer.keys.element_size() * layer.keys[0, :, 0, :].numel() * 2 for layer in _layers(cache)
         )
+
+    def check_budget_fits(self) -> None:
+        """Fails the load when the KV cache budget could never be allocated on this device (free
+        memory now, after the weights): better than an out-of-memory error mid-batch."""
+        needed = self.kv_cache_tokens * self.kv_bytes_per_token
+        free = _free_device_bytes(self.device)
+        if needed > free:
+            raise ValueError(
+                f"kv_cache_tokens={self.kv_cache_tokens} needs {needed / 2**20:.0f} MiB of KV cache "
+                f"({self.kv_bytes_per_token} bytes per token) but {self.device} has {free / 2**20:.0f} MiB free: "
+                "lower kv_cache_tokens in config.pbtxt"
+            )
 
     def kv_headroom_bytes(self) -> int:
         """KV cache memory reserved (kv_cache_tokens) but not allocated now."""
@@ -393,7 +405,7 @@ class BatchingEngine:
         assert self._positions is not None and self._last_tokens is not None
         old_width, new_width = self._mask.shape[1], mask.shape[1]
         width = max(old_width, new_width)
-        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+        for mine, theirs in zip(_layers(self._cache), _layers(cache), strict=True):
             mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)], 0)
             mine.values = torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)], 0)
         self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)], 0)
@@ -417,7 +429,7 @@ class BatchingEngine:
         # Columns that are padding in every remaining row are dead weight: trim them.
         live = int(mask.any(dim=0).nonzero()[0]) if bool(mask.any()) else mask.shape[1]
         if live:
-            for layer in self._cache.layers:
+            for layer in _layers(self._cache):
                 layer.keys = layer.keys[:, :, live:, :]
                 layer.values = layer.values[:, :, live:, :]
             mask = mask[:, live:]
@@ -439,6 +451,21 @@ def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([torch.zeros(shape, dtype=tensor.dtype, device=tensor.device), tensor], dim)
+
+
+def _free_device_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62  # no figure: nothing to check against
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's layers (each a DynamicLayer: _check_cache_layers made sure) with their tensors."""
+    return list(cache.layers)
 
 
 def _check_cache_layers(cache: DynamicCache) -> None:

@@ -175,3 +175,30 @@ def test_unknown_model_is_not_found(stub: pb_grpc.InferenceServiceStub) -> None:
         list(stub.ChatStream(pb.ChatStreamRequest(model="no-such-model", messages=HELLO), timeout=30))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no-such-model" in caught.value.details() and "llm" in caught.value.details()
+
+
+def test_concurrent_streams_run_in_one_batch_and_each_gets_its_own_text(
+    stub: pb_grpc.InferenceServiceStub, adapter: RunningAdapter
+) -> None:
+    """The engine's gauges show the requests running together, and each seeded request's text is
+    the one it gets alone."""
+    import concurrent.futures
+
+    metrics = adapter.triton_metrics_url
+    _wait_for_idle_model(metrics)
+    alone = {seed: text_of(chat(stub, max_tokens=120, seed=seed, temperature=0.8)) for seed in (1, 2, 3)}
+    running: list[float] = []
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = {
+            seed: pool.submit(lambda s: text_of(chat(stub, max_tokens=120, seed=s, temperature=0.8)), seed)
+            for seed in (1, 2, 3, 4, 5, 6)
+        }
+        while not all(f.done() for f in futures.values()):
+            running.append(metric_total(metrics, "llm_num_requests_running"))
+            time.sleep(0.05)
+        together = {seed: f.result() for seed, f in futures.items()}
+    assert max(running) >= 4, running
+    assert {seed: together[seed] for seed in alone} == alone
+    _wait_for_idle_model(metrics)
+    assert metric_total(metrics, "llm_num_requests_running") == 0
+    assert metric_total(metrics, "llm_num_requests_waiting") == 0

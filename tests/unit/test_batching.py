@@ -249,3 +249,13 @@ def test_the_engine_thread_serves_concurrent_submissions(tiny: tuple[Any, Any]) 
         e.stop()
     assert sorted(o.request_id for o in delivered if o.finished) == list(range(6))
     assert all(o.completion_tokens == 12 for o in delivered if o.finished)
+
+
+def test_a_kv_budget_larger_than_the_free_memory_fails_the_load(tiny: tuple[Any, Any]) -> None:
+    e = engine(tiny, kv_cache_tokens=2**50)
+    e.warm_up()
+    with pytest.raises(ValueError, match="lower kv_cache_tokens"):
+        e.check_budget_fits()
+    sane = engine(tiny, kv_cache_tokens=4096)
+    sane.warm_up()
+    sane.check_budget_fits()

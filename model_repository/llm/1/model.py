@@ -88,6 +88,7 @@ class TritonPythonModel:
             deliver=self._deliver_from_engine,
         )
         self.engine.warm_up()
+        self.engine.check_budget_fits()
         # Tokenizing (and rendering chat templates) off the loop that sends every stream's tokens.
         self.tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.watcher: asyncio.Task[None] | None = None
@@ -211,7 +212,8 @@ class TritonPythonModel:
                 continue
             self._send_final(state, output)
             state.done.set_result(None)
-        self._refresh_gauges()
+        # When a request ends the gauges move at once (an idle model must not show stale load).
+        self._refresh_gauges(force=any(output.finished for output in outputs))
 
     def _send_final(self, state: _Stream, output: StepOutput) -> None:
         reason = output.finish_reason or "error"
@@ -227,10 +229,10 @@ class TritonPythonModel:
         # What the process holds now, plus the KV budget not in use (it may fill at any moment).
         self.metrics.publish_memory(at_most_every_s=1.0, headroom_bytes=self.engine.kv_headroom_bytes())
 
-    def _refresh_gauges(self) -> None:
+    def _refresh_gauges(self, force: bool = False) -> None:
         assert self.loop is not None
         now = self.loop.time()
-        if now - self._gauges_at < GAUGE_INTERVAL_SECONDS:
+        if not force and now - self._gauges_at < GAUGE_INTERVAL_SECONDS:
             return
         self._gauges_at = now
         stats = self.engine.stats()
