@@ -150,6 +150,10 @@ class Settings:
         if embedding:
             env["EMBEDDING_MODEL_ID"] = embedding
         env["IMAGE_MODEL_ID"] = self.image_model_id or str(self.model_cache_dir / "tiny-sd")
+        # On a GPU host the models must run on CUDA: a torch that sees no GPU (a wheel for a newer
+        # CUDA than the driver) fails their load instead of serving from the CPU while the budget
+        # is sized from the GPU. INFERENCE_REQUIRE_CUDA=0 runs them on the CPU on purpose.
+        env["INFERENCE_REQUIRE_CUDA"] = "1" if self.gpu_host() else "0"
         return env
 
 

@@ -77,7 +77,7 @@ def require_cuda_if_expected(env: dict[str, str] | None = None) -> None:
         f"{REQUIRE_CUDA_ENV}=1 but torch {torch.__version__} sees no CUDA device (torch built for CUDA "
         f"{built_for}). Check that the container was started with the GPU (--gpus / nvidia.com/gpu) and "
         "that the host driver supports that CUDA version (nvidia-smi shows the highest it supports); "
-        f"unset {REQUIRE_CUDA_ENV} to run on the CPU on purpose."
+        f"set {REQUIRE_CUDA_ENV}=0 to run on the CPU on purpose."
     )
 
 

@@ -264,3 +264,8 @@ def test_a_gpu_host_is_what_the_variable_says_else_the_driver_device(tmp_path: P
     (tmp_path / "nvidiactl").touch()
     assert embedded.gpu_host(tmp_path)
     assert not load_settings({"TRITON_URL": "triton:8001"}).gpu_host(tmp_path)  # cannot see that host
+
+
+def test_the_embedded_tritons_models_require_cuda_exactly_on_a_gpu_host() -> None:
+    assert load_settings({"INFERENCE_REQUIRE_CUDA": "1"}).model_environment()["INFERENCE_REQUIRE_CUDA"] == "1"
+    assert load_settings({"INFERENCE_REQUIRE_CUDA": "0"}).model_environment()["INFERENCE_REQUIRE_CUDA"] == "0"
