@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from model_runtime import sampling_limits
 from model_runtime.json_values import finite_number
 
 MAX_STOP_SEQUENCES = 16
@@ -73,25 +74,26 @@ def parse_sampling_parameters(text: str | None, default_max_tokens: int, max_tok
     if max_tokens <= 0 or max_tokens > max_tokens_limit:
         raise InvalidRequest(f"max_tokens must be in [1, {max_tokens_limit}], got {max_tokens}")
     temperature = _number(raw, "temperature", 1.0)
-    if temperature < 0:
-        raise InvalidRequest(f"temperature must be >= 0, got {temperature}")
     top_p = _number(raw, "top_p", 1.0)
-    if not 0 < top_p <= 1:
-        raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}")
     top_k = _integer(raw, "top_k", 0)
     assert top_k is not None
-    if top_k < 0:
-        raise InvalidRequest(f"top_k must be >= 0 (0 disables it), got {top_k}")
     repetition_penalty = _number(raw, "repetition_penalty", 1.0)
-    if repetition_penalty <= 0:
-        raise InvalidRequest(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    penalties = {}
-    for key in ("frequency_penalty", "presence_penalty"):
-        penalties[key] = _number(raw, key, 0.0)
-        if not -2 <= penalties[key] <= 2:
-            raise InvalidRequest(f"{key} must be in [-2, 2], got {penalties[key]}")
+    penalties = {key: _number(raw, key, 0.0) for key in ("frequency_penalty", "presence_penalty")}
+    # The same ranges the adapter enforces (model_runtime/sampling_limits.py): inside them the
+    # sampler's probabilities are always finite, so other clients of this model are held to them too.
+    ranged = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "repetition_penalty": repetition_penalty,
+        **penalties,
+    }
+    for key, value in ranged.items():
+        problem = sampling_limits.check(key, value)
+        if problem:
+            raise InvalidRequest(problem)
     seed = _integer(raw, "seed", None)
-    if seed is not None and not 0 <= seed < 2**64:
+    if seed is not None and not 0 <= seed < sampling_limits.MAX_SEED:
         raise InvalidRequest(f"seed must be in [0, 2^64), got {seed}")
     stop = raw.get("stop")
     if stop is None:

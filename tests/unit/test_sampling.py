@@ -420,3 +420,18 @@ def test_penalties_are_counted_per_row_of_a_batch() -> None:
     s = sampler(prompt_length=1, temperature=0.0, frequency_penalty=2.0)
     out = s(torch.tensor([[5, 0], [5, 1]]), torch.tensor([[3.0, 2.0], [3.0, 2.0]]))
     assert [chosen(row) for row in out] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("repetition_penalty", 1e-38), ("repetition_penalty", 1e6), ("temperature", 1e30), ("top_k", 10**9)],
+)
+def test_values_that_could_make_probabilities_non_finite_are_refused(field: str, value: float) -> None:
+    with pytest.raises(InvalidRequest, match=field):
+        parse({field: value})
+
+
+def test_the_smallest_allowed_repetition_penalty_still_samples_finite_probabilities() -> None:
+    huge = torch.finfo(torch.float32).max / 1000
+    s = sampler(seed=1, temperature=1.0, repetition_penalty=0.01)
+    assert draw(s, [huge, 1.0, -huge], 5, input_ids=[0, 2]) == [0] * 5
