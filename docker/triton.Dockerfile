@@ -97,8 +97,10 @@ COPY model_repository/ /models/
 USER ${APP_UID}:${APP_GID}
 WORKDIR /home/inference
 
-# 8000 HTTP (health, used by the probes), 8001 gRPC (the adapter), 8002 Prometheus metrics.
-EXPOSE 8000 8001 8002
+# 8001 gRPC (the adapter), 8002 Prometheus metrics. HTTP (8000: health, for the healthcheck and
+# probes run inside the container) listens on the container's loopback only: like gRPC it carries
+# model control (loading a model runs its code).
+EXPOSE 8001 8002
 
 # Readiness: with explicit model control and no model loaded yet, ready means the server is up.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
@@ -113,6 +115,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
 CMD ["tritonserver", \
      "--model-repository=/models", \
      "--model-control-mode=explicit", \
+     "--http-address=127.0.0.1", \
      "--disable-auto-complete-config", \
      "--strict-readiness=false", \
      "--allow-metrics=true", \
