@@ -111,7 +111,7 @@ class Adapter:
             raise  # a GPU host whose GPUs Triton cannot see: refuse to start (the message says what to set)
         except Exception as err:  # noqa: BLE001 - Triton unreachable: serve, and report per request
             log.error("no memory budget yet (%s); retrying when models are loaded", err)
-        await self._preload(self.scheduler)
+        reachable = await self._preload(self.scheduler)
         self._background.append(asyncio.get_running_loop().create_task(self.scheduler.run_keep_alive()))
         self.image_jobs = ImageJobService(self.gateway, self.scheduler, JobStore(s.image_dir), s)
         await self.image_jobs.start()
@@ -164,7 +164,6 @@ class Adapter:
         ).set_function(lambda: len(asyncio.all_tasks(loop)))
         metrics_port = await self.metrics.start_http(s.grpc_host, s.metrics_port)
         log.info("adapter metrics on http://%s:%d/metrics (Triton's: %s)", s.grpc_host, metrics_port, metrics_url)
-        await self._set_health(True)
         # One failed probe is enough: a load balancer must not send traffic to a replica whose Triton
         # is gone, however short the outage (an embedded one restarts within about a second).
         self.watcher = TritonHealthWatcher(
@@ -173,6 +172,14 @@ class Adapter:
             interval_s=s.triton_health_interval_s,
             failures_to_flip=1,
         )
+        if reachable and await self.watcher.probe():
+            await self._set_health(True)
+        else:
+            # An external Triton not up yet: NOT_SERVING until it answers and PRELOAD_MODELS are
+            # loaded (the watcher's first good probe starts that, as after an outage).
+            log.warning("Triton is not reachable yet: health NOT_SERVING until it is and its models are loaded")
+            await self._set_health(False)
+            self.watcher.recheck()
         self._background.append(asyncio.get_running_loop().create_task(self.watcher.run()))
         if self.triton is not None:
             self.triton.on_exit = self._embedded_triton_exited

@@ -101,9 +101,11 @@ def start_adapter(
     wait_s: float = 240,
     test_models: bool = False,
     credentials: grpc.ChannelCredentials | None = None,
+    serving: bool = True,
 ) -> RunningAdapter:
     """`test_models`: serve tests/model_repository's models too (a composed repository next to the log).
-    `credentials`: the adapter serves TLS; clients (and the readiness wait) connect with these."""
+    `credentials`: the adapter serves TLS; clients (and the readiness wait) connect with these.
+    `serving=False`: return once health answers at all (NOT_SERVING too: a Triton that is down)."""
     port, triton_port, metrics_port, adapter_metrics_port = free_port(), free_port(), free_port(), free_port()
     repository = {}
     if test_models:
@@ -132,11 +134,11 @@ def start_adapter(
         metrics_url=f"http://127.0.0.1:{adapter_metrics_port}/metrics",
         credentials=credentials,
     )
-    wait_until_serving(adapter, wait_s)
+    wait_until_serving(adapter, wait_s, serving)
     return adapter
 
 
-def wait_until_serving(adapter: RunningAdapter, wait_s: float) -> None:
+def wait_until_serving(adapter: RunningAdapter, wait_s: float, serving: bool = True) -> None:
     deadline = time.monotonic() + wait_s
     with adapter.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -145,7 +147,7 @@ def wait_until_serving(adapter: RunningAdapter, wait_s: float) -> None:
                 raise RuntimeError(f"adapter exited with {adapter.process.returncode}:\n{adapter.log_tail()}")
             try:
                 status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
+                if status == health_pb2.HealthCheckResponse.SERVING or not serving:
                     return
             except grpc.RpcError:
                 pass

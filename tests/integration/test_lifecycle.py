@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
@@ -30,8 +31,13 @@ def test_bad_configuration_stops_start_up_naming_the_variable() -> None:
 
 def test_unreachable_triton_gives_unavailable(tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    running = start_adapter(tmp_path / "adapter.log", env={"TRITON_URL": dead, "PRELOAD_MODELS": ""}, wait_s=60)
+    running = start_adapter(
+        tmp_path / "adapter.log", env={"TRITON_URL": dead, "PRELOAD_MODELS": ""}, wait_s=60, serving=False
+    )
     try:
+        with grpc.insecure_channel(running.address) as channel:  # health says what it knows
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
         with grpc.insecure_channel(running.address) as channel:
             stub = pb_grpc.InferenceServiceStub(channel)
             request = pb.ChatStreamRequest(model="llm", messages=[pb.ChatMessage(role="user", content="hi")])
