@@ -16,6 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 from model_runtime.embeddings import POOLING_MODES, model_max_length, normalize_rows, pool
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters, require_cuda_if_expected, triton_device
+from model_runtime.triton_inputs import bool_values, string_values
 
 
 class TritonPythonModel:
@@ -45,16 +46,10 @@ class TritonPythonModel:
         spans: list[tuple[int, int] | pb_utils.TritonError] = []
         for request in requests:
             try:
-                batch = [
-                    self._decode(v)
-                    for v in pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)
-                ]
-                normalize = pb_utils.get_input_tensor_by_name(request, "normalize")
-                wanted = (
-                    normalize.as_numpy().reshape(-1).astype(bool)
-                    if normalize is not None
-                    else np.zeros(len(batch), bool)
-                )
+                batch = string_values(pb_utils, request, "text_input")
+                wanted = bool_values(pb_utils, request, "normalize")
+                if wanted is None:
+                    wanted = [False] * len(batch)
                 if len(wanted) != len(batch):
                     raise ValueError(f"normalize has {len(wanted)} values for {len(batch)} texts")
             except (UnicodeDecodeError, ValueError) as err:
@@ -62,7 +57,7 @@ class TritonPythonModel:
                 continue
             spans.append((len(texts), len(texts) + len(batch)))
             texts.extend(batch)
-            flags.extend(bool(f) for f in wanted)
+            flags.extend(wanted)
 
         if texts:
             vectors, token_counts, truncated = self._embed(texts, flags)
@@ -83,10 +78,6 @@ class TritonPythonModel:
             )
         self.metrics.publish_memory(at_most_every_s=1.0)
         return responses
-
-    @staticmethod
-    def _decode(value: Any) -> str:
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
     def _embed(self, texts: list[str], flags: list[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")

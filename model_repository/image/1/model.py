@@ -37,19 +37,12 @@ from model_runtime.images import (
 )
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
+from model_runtime.triton_inputs import bytes_input, watch_cancellation
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-CANCEL_POLL_SECONDS = 0.02
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 OUTCOMES = ("succeeded", "cancelled", "error", "invalid")
-
-
-def _bytes_input(request: Any, name: str) -> bytes | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    value = tensor.as_numpy().reshape(-1)[0]
-    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+INPUTS = ("prompt", "negative_prompt", "image", "mask", "parameters")  # build_job's arguments, in order
 
 
 def _float_parameter(params: ModelParameters, key: str, default: float) -> float:
@@ -116,7 +109,7 @@ class TritonPythonModel:
     async def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()
         loop = asyncio.get_running_loop()
-        inputs = [_bytes_input(request, name) for name in ("prompt", "negative_prompt", "image", "mask", "parameters")]
+        inputs = [bytes_input(pb_utils, request, name) for name in INPUTS]
         try:
             # Image decoding and resizing off the loop: it may take tens of milliseconds.
             job, total = await loop.run_in_executor(self.prepare_executor, self._prepare, *inputs)
@@ -165,8 +158,13 @@ class TritonPythonModel:
         def report(step: int, steps: int) -> None:  # called in the worker thread
             loop.call_soon_threadsafe(progress.put_nowait, (step, steps))
 
+        def on_cancel() -> None:  # called on the loop
+            cancelled.set()
+            stop_event.set()
+
         generation = loop.run_in_executor(self.executor, self._generate, job, report, stop_event)
-        watcher = loop.create_task(self._watch_cancellation(request, generation, stop_event, cancelled))
+        # Triton's cancel flag, read on the loop while the job waits its turn or runs.
+        watcher = loop.create_task(watch_cancellation(request, generation, on_cancel))
         step = 0
         try:
             while True:
@@ -191,17 +189,6 @@ class TritonPythonModel:
         if cancelled.is_set() or images is None:
             return "cancelled", self._response(step, total, [])
         return "succeeded", self._response(step, total, images)
-
-    async def _watch_cancellation(
-        self, request: Any, generation: asyncio.Future[Any], stop_event: threading.Event, cancelled: asyncio.Event
-    ) -> None:
-        """Polls Triton's cancel flag from the loop thread while the job waits or runs."""
-        while not generation.done():
-            if request.is_cancelled():
-                cancelled.set()
-                stop_event.set()
-                return
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
 
     def _generate(
         self, job: ImageJob, report: Callable[[int, int], None], stop_event: threading.Event

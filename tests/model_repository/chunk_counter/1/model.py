@@ -16,16 +16,9 @@ import triton_python_backend_utils as pb_utils
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters
 from model_runtime.text_generation import InvalidRequest, parse_sampling_parameters
+from model_runtime.triton_inputs import string_input
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-def _string_input(request: Any, name: str) -> str | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    value = tensor.as_numpy().reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _response(text: str, **final: Any) -> Any:
@@ -60,9 +53,9 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         try:
             params = parse_sampling_parameters(
-                _string_input(request, "sampling_parameters"), self.default_max_tokens, self.max_tokens_limit
+                string_input(pb_utils, request, "sampling_parameters"), self.default_max_tokens, self.max_tokens_limit
             )
-            prompt = _string_input(request, "text_input") or _string_input(request, "messages") or ""
+            prompt = string_input(pb_utils, request, "text_input") or string_input(pb_utils, request, "messages") or ""
         except (InvalidRequest, json.JSONDecodeError) as err:
             error = pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG)
             sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
@@ -77,6 +70,4 @@ class TritonPythonModel:
             sent += 1
             # Yield to the stub's loop so concurrent requests interleave (and pause if asked to).
             await asyncio.sleep(self.interval_s)
-        sender.send(
-            _response("", finish_reason=reason, prompt_tokens=len(prompt), completion_tokens=sent), flags=FINAL
-        )
+        sender.send(_response("", finish_reason=reason, prompt_tokens=len(prompt), completion_tokens=sent), flags=FINAL)
