@@ -1,0 +1,114 @@
+"""drift: the Dockerfiles pin exactly the versions in pyproject.toml; the adapter image holds every
+package the adapter imports and no model stack. (The compose and k8s checks report the variables
+that drifted from what adapter/config.py and the models read, and the default model ids.)"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from .common import Paths, Report, normalise
+from .sources import pip_requirements, pyproject_pins
+
+# What each image must install (pip distribution names, normalised), and what the adapter image
+# must not: it holds no weights and runs against an external Triton.
+TRITON_IMAGE_PACKAGES = {"torch", "transformers", "tokenizers", "diffusers", "numpy", "pillow"}
+
+
+ADAPTER_IMAGE_PACKAGES = {
+    "grpcio",
+    "grpcio-health-checking",
+    "grpcio-reflection",
+    "protobuf",
+    "tritonclient",
+    "numpy",
+    "prometheus-client",
+    "pillow",
+}
+
+
+ADAPTER_IMAGE_FORBIDDEN = {"torch", "transformers", "tokenizers", "diffusers", "nvidia-pytriton"}
+
+
+def check_image_pins(paths: Paths, report: Report) -> None:
+    pins = pyproject_pins(paths.pyproject)
+    images: tuple[tuple[Path, set[str], set[str]], ...] = (
+        (paths.triton_dockerfile, TRITON_IMAGE_PACKAGES, set()),
+        (paths.adapter_dockerfile, ADAPTER_IMAGE_PACKAGES, ADAPTER_IMAGE_FORBIDDEN),
+    )
+    for dockerfile, required, forbidden in images:
+        requirements = pip_requirements(dockerfile)
+        installed = {r.name for r in requirements}
+        for requirement in requirements:
+            where = f"{dockerfile}:{requirement.line}"
+            if requirement.name in forbidden:
+                report.add("drift", where, f"{requirement.text}: this image must not install {requirement.name}")
+            if requirement.version is None:
+                report.add("drift", where, f"{requirement.text} is not pinned with == (pyproject.toml pins it exactly)")
+            elif requirement.name not in pins:
+                report.add("drift", where, f"{requirement.text} is not a dependency in pyproject.toml")
+            elif pins[requirement.name] != requirement.version:
+                report.add(
+                    "drift",
+                    where,
+                    f"{requirement.text} but pyproject.toml pins {requirement.name}=={pins[requirement.name]}",
+                )
+        for missing in sorted(required - installed):
+            report.add(
+                "drift", dockerfile, f"does not install {missing} (pyproject.toml pins {pins.get(missing, '?')})"
+            )
+
+
+def module_level_imports(package: Path) -> dict[str, Path]:
+    """Top-level names imported at module level in a package (imports inside functions are lazy,
+    optional paths such as the embedded Triton's pytriton)."""
+    found: dict[str, Path] = {}
+    for path in sorted(package.rglob("*.py")):
+        if "gen" in path.relative_to(package).parts[:1]:
+            continue  # generated code imports only grpc and protobuf
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in tree.body:
+            statements = [node]
+            if isinstance(node, ast.If | ast.Try):
+                statements = [n for n in ast.walk(node) if isinstance(n, ast.Import | ast.ImportFrom)]
+            for statement in statements:
+                if isinstance(statement, ast.Import):
+                    for alias in statement.names:
+                        found.setdefault(alias.name.split(".")[0], path)
+                elif isinstance(statement, ast.ImportFrom) and statement.level == 0 and statement.module:
+                    found.setdefault(statement.module.split(".")[0], path)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> Mapping[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
+
+
+def check_adapter_imports(paths: Paths, report: Report) -> None:
+    """Every third-party package the adapter imports is installed in the adapter image."""
+    providers = _packages_distributions()
+    installed = {r.name for r in pip_requirements(paths.adapter_dockerfile)}
+    local = {paths.adapter_package.name, "model_runtime"}
+    for module, path in sorted(module_level_imports(paths.adapter_package).items()):
+        if module in sys.stdlib_module_names or module in local or module == "__future__":
+            continue
+        distributions = {normalise(d) for d in providers.get(module, [])}
+        if not distributions:
+            report.add("drift", path, f"imports {module}, which no installed package provides")
+        elif not distributions & installed:
+            report.add(
+                "drift",
+                paths.adapter_dockerfile,
+                f"the adapter imports {module} ({path.name}) but the image installs none of {sorted(distributions)}",
+            )
+
+
+def check_drift(paths: Paths, report: Report) -> None:
+    check_image_pins(paths, report)
+    check_adapter_imports(paths, report)
