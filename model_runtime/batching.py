@@ -27,8 +27,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -36,7 +36,14 @@ from tokenizers.decoders import DecodeStream
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from model_runtime.text_generation import InvalidRequest, SamplingParams, SeededSampler, StopSequenceBuffer
+from model_runtime.text_generation import (
+    InvalidRequest,
+    NonFiniteProbabilities,
+    SamplingParams,
+    SeededSampler,
+    StopSequenceBuffer,
+    sample_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +90,7 @@ class Sequence:
 
     @property
     def needs_history(self) -> bool:
-        p = self.params
-        return p.repetition_penalty != 1.0 or bool(p.frequency_penalty) or bool(p.presence_penalty)
+        return self.sampler.has_penalties
 
     @property
     def greedy_and_plain(self) -> bool:
@@ -228,20 +234,25 @@ class BatchingEngine:
                 if self._stopping and not (self._waiting or self._rows):
                     return
             try:
-                outputs = self.step()
-            except Exception:  # noqa: BLE001 - step() already ended the affected requests
+                for outputs in self._step():
+                    if outputs:
+                        self.deliver(outputs)
+            except Exception:  # noqa: BLE001 - the step already ended the affected requests
                 log.exception("batching step failed")
-                continue
-            if outputs:
-                self.deliver(outputs)
 
     def has_work(self) -> bool:
         with self._lock:
             return bool(self._waiting or self._rows)
 
     def step(self) -> list[StepOutput]:
-        """One iteration: drop cancelled requests, one decoding step for the running batch, then
-        admit and prefill waiting requests (their first token) into it. Returns what each got."""
+        """One iteration (see _step); returns what each request got."""
+        return [output for part in self._step() for output in part]
+
+    def _step(self) -> Iterator[list[StepOutput]]:
+        """Drops cancelled requests, admits and prefills waiting ones (their first token) into the
+        running batch, then one decoding step for the whole batch. Yields its outputs in two parts,
+        so the first tokens go out before the decoding step (time to first token is one step
+        shorter than after it)."""
         outputs: list[StepOutput] = []
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
@@ -254,12 +265,14 @@ class BatchingEngine:
                 if sequence.request_id in cancelled:
                     outputs.append(self._finish(sequence, "cancelled"))
             self._remove_done()
-        if self._rows:
-            self._decode(outputs)
         admitted = self._admit()
         if admitted:
             self._prefill(admitted, outputs)
-        return outputs
+        yield outputs
+        outputs = []
+        if self._rows:
+            self._decode(outputs)
+        yield outputs
 
     def _admit(self) -> list[Sequence]:
         """Waiting requests that fit now, in arrival order (the first that does not fit blocks the
@@ -338,32 +351,57 @@ class BatchingEngine:
     # --- sampling and text ---------------------------------------------------------------------
 
     def _choose(self, rows: list[Sequence], logits: torch.Tensor, outputs: list[StepOutput]) -> list[int | None]:
-        """Picks each row's next token with its own options and generator; records it, streams its
-        text, and ends the row when it is done (None for a row that failed)."""
+        """Picks each row's next token with its own options and generator (greedy rows in one
+        argmax, the sampled ones in one `sample_rows`); records it, streams its text, and ends the
+        row when it is done. A row whose sampling fails ends with an error; the others go on."""
         tokens: list[int | None] = [None] * len(rows)
         greedy = [i for i, s in enumerate(rows) if s.greedy_and_plain]
         if greedy:
             picks = logits[greedy].argmax(dim=-1).tolist()
             for i, token in zip(greedy, picks, strict=True):
                 tokens[i] = int(token)
+        others = [i for i, s in enumerate(rows) if not s.greedy_and_plain]
+        failed: dict[int, str] = {}
+        if others:
+            block = logits[others].float()
+            for j, i in enumerate(others):
+                sequence = rows[i]
+                if sequence.needs_history:
+                    history = torch.tensor([sequence.prompt_ids + sequence.generated], device=self.device)
+                    try:
+                        block[j : j + 1] = sequence.sampler.penalize(history, block[j : j + 1])
+                    except Exception as err:  # noqa: BLE001 - this request's failure ends this request
+                        failed[i] = f"sampling failed: {type(err).__name__}: {err}"
+            live = [j for j, i in enumerate(others) if i not in failed]
+            if live:
+                picked = self._sample(block[live], [rows[others[j]] for j in live], failed, [others[j] for j in live])
+                for i, token in picked.items():
+                    tokens[i] = token
         for i, sequence in enumerate(rows):
-            if tokens[i] is not None:
-                continue
-            try:
-                history = (
-                    torch.tensor([sequence.prompt_ids + sequence.generated], device=self.device)
-                    if sequence.needs_history
-                    else torch.zeros((1, 1), dtype=torch.long, device=self.device)
-                )
-                tokens[i] = sequence.sampler.choose(history, logits[i : i + 1])
-            except Exception as err:  # noqa: BLE001 - one request's failure ends that request only
-                log.exception("sampling failed for request %s", sequence.request_id)
-                outputs.append(self._finish(sequence, "error", f"sampling failed: {type(err).__name__}: {err}"))
-        for i, sequence in enumerate(rows):
+            if i in failed:
+                log.error("sampling failed for request %s: %s", sequence.request_id, failed[i])
+                outputs.append(self._finish(sequence, "error", failed[i]))
             token = tokens[i]
             if token is not None:
                 outputs.append(self._advance(sequence, token))
         return tokens
+
+    def _sample(
+        self, block: torch.Tensor, rows: list[Sequence], failed: dict[int, str], positions: list[int]
+    ) -> dict[int, int]:
+        """sample_rows over the block; rows with non-finite probabilities are set aside as failed
+        (a numerical failure of that request) and the rest sampled again without them."""
+        try:
+            picks = sample_rows(block, [s.params for s in rows], [s.sampler.generator for s in rows])
+        except NonFiniteProbabilities as err:
+            bad = set(err.args[0])
+            for j in bad:
+                failed[positions[j]] = "sampling failed: the model's probabilities are not finite (NaN or inf)"
+            keep = [j for j in range(len(rows)) if j not in bad]
+            if not keep:
+                return {}
+            return self._sample(block[keep], [rows[j] for j in keep], failed, [positions[j] for j in keep])
+        return {position: int(token) for position, token in zip(positions, picks.flatten().tolist(), strict=True)}
 
     def _advance(self, sequence: Sequence, token: int) -> StepOutput:
         first = not sequence.generated
@@ -440,6 +478,19 @@ class BatchingEngine:
 
     def _reset(self) -> None:
         self._rows, self._cache, self._mask, self._positions, self._last_tokens = [], None, None, None, None
+
+
+def merge_outputs(outputs: list[StepOutput]) -> list[StepOutput]:
+    """One output per request from several steps' outputs, in order: the texts joined, the end
+    (and counts) from the last. A server that fell behind its engine then sends one response per
+    request instead of one per token, and everyone downstream has that much less to do."""
+    merged: dict[int, StepOutput] = {}
+    for output in outputs:
+        before = merged.get(output.request_id)
+        if before is not None:
+            output = replace(output, text=before.text + output.text, first_token=before.first_token)
+        merged[output.request_id] = output
+    return list(merged.values())
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -136,8 +136,57 @@ def parse_messages(text: str) -> list[dict[str, str]]:
     return messages
 
 
+class NonFiniteProbabilities(ValueError):
+    """A row's logits gave NaN or infinite probabilities (a numerical failure of that request)."""
+
+
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of `logits` [rows, vocabulary], each row with its own options and
+    generator, in a few batched operations: temperature, top-k and top-p as masks over the whole
+    block, then inverse-CDF sampling with one uniform draw from each row's generator (so a seeded
+    row gives the same token whatever else is in the block). Penalties are applied before (they
+    need each row's history). Returns [rows, 1]; raises NonFiniteProbabilities naming bad rows."""
+    logits = logits.float()
+    rows, vocabulary = logits.shape
+    device = logits.device
+    choice = logits.argmax(dim=-1)
+    sampled = [i for i, p in enumerate(params) if p.temperature > 0]
+    if sampled:
+        block = logits[sampled] if len(sampled) < rows else logits
+        temperature = torch.tensor([params[i].temperature for i in sampled], device=device).unsqueeze(1)
+        # Shift so the best logit is 0 before scaling: a tiny temperature then sends the others
+        # to -inf (greedy) instead of overflowing everything to inf and softmax to NaN.
+        block = (block - block.max(dim=-1, keepdim=True).values) / temperature
+        top_k = [params[i].top_k if 0 < params[i].top_k < vocabulary else 0 for i in sampled]
+        if any(top_k):
+            kth_values = torch.topk(block, max(top_k), dim=-1).values
+            kth = kth_values.gather(1, torch.tensor([[max(k, 1) - 1] for k in top_k], device=device))
+            active = torch.tensor([[k > 0] for k in top_k], device=device)
+            block = block.masked_fill(active & (block < kth), -math.inf)
+        top_p = [params[i].top_p for i in sampled]
+        if any(p < 1.0 for p in top_p):
+            sorted_logits, order = torch.sort(block, descending=True, dim=-1)
+            probs_sorted = sorted_logits.softmax(dim=-1)
+            mass_before = probs_sorted.cumsum(dim=-1) - probs_sorted
+            limit = torch.tensor([[p] for p in top_p], device=device)
+            drop_sorted = (mass_before >= limit) & (limit < 1.0)  # the first token always stays
+            block = block.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -math.inf)
+        probs = block.softmax(dim=-1)
+        bad = (~torch.isfinite(probs)).any(dim=-1)
+        if bool(bad.any()):
+            raise NonFiniteProbabilities([sampled[i] for i in bad.nonzero().flatten().tolist()])
+        uniform = torch.cat([torch.rand(1, generator=generators[i], device=device) for i in sampled]).unsqueeze(1)
+        cdf = probs.cumsum(dim=-1)
+        picked = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(1)
+        # Rounding at the very top of the CDF must not land on a token the filters removed.
+        positions = torch.arange(vocabulary, device=device).expand_as(probs)
+        last_possible = torch.where(probs > 0, positions, 0).max(dim=-1).values
+        choice[sampled] = torch.minimum(picked, last_possible)
+    return choice.unsqueeze(1)
+
+
 class SeededSampler(LogitsProcessor):
-    """Applies penalties, temperature, top-k and top-p, then samples with its own generator."""
+    """One request's sampling: penalties over its history, then `sample_rows` with its own generator."""
 
     def __init__(self, params: SamplingParams, prompt_length: int, device: torch.device) -> None:
         self.params = params
@@ -148,11 +197,16 @@ class SeededSampler(LogitsProcessor):
         else:
             self.generator.seed()
 
+    @property
+    def has_penalties(self) -> bool:
+        p = self.params
+        return p.repetition_penalty != 1.0 or bool(p.frequency_penalty) or bool(p.presence_penalty)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         choice = self._pick(input_ids, scores)
         one_hot = torch.full_like(scores, -math.inf)
         one_hot.scatter_(1, choice, 0.0)
-        return one_hot
+        return one_hot  # type: ignore[return-value]
 
     def choose(self, input_ids: torch.Tensor, scores: torch.Tensor) -> int:
         """The next token of one row: `input_ids` [1, tokens so far] (read only for penalties),
@@ -160,8 +214,13 @@ class SeededSampler(LogitsProcessor):
         return int(self._pick(input_ids, scores)[0, 0])
 
     def _pick(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = self.penalize(input_ids, scores.float().clone())
+        rows = logits.shape[0]
+        return sample_rows(logits, [self.params] * rows, [self.generator] * rows)
+
+    def penalize(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Repetition, frequency and presence penalties on float logits [rows, vocabulary], in place."""
         p = self.params
-        logits = scores.float().clone()
         if p.repetition_penalty != 1.0:
             # As in transformers/CTRL: shrink positive logits, grow negative ones, of seen tokens.
             seen = torch.gather(logits, 1, input_ids)
@@ -172,23 +231,7 @@ class SeededSampler(LogitsProcessor):
             generated = input_ids[:, self.prompt_length :]
             counts = torch.zeros_like(logits).scatter_add_(1, generated, torch.ones_like(generated, dtype=logits.dtype))
             logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
-        if p.temperature == 0:
-            choice = logits.argmax(dim=-1, keepdim=True)
-        else:
-            # Shift so the best logit is 0 before scaling: a tiny temperature then sends the others
-            # to -inf (greedy) instead of overflowing everything to inf and softmax to NaN.
-            logits = (logits - logits.max(dim=-1, keepdim=True).values) / p.temperature
-            if p.top_k > 0 and p.top_k < logits.shape[-1]:
-                kth = torch.topk(logits, p.top_k, dim=-1).values[..., -1:]
-                logits = logits.masked_fill(logits < kth, -math.inf)
-            if p.top_p < 1.0:
-                sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-                cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-                drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= p.top_p  # keeps >= 1 token
-                drop = drop_sorted.scatter(1, order, drop_sorted)
-                logits = logits.masked_fill(drop, -math.inf)
-            choice = torch.multinomial(logits.softmax(dim=-1), 1, generator=self.generator)
-        return choice
+        return logits
 
 
 class StopSequenceBuffer:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from model_runtime.batching import BatchingEngine, StepOutput
+from model_runtime.batching import BatchingEngine, StepOutput, merge_outputs
 from model_runtime.text_generation import InvalidRequest, SamplingParams
 from tests.harness import TINY_LLM
 
@@ -124,7 +124,7 @@ def test_cancelling_one_request_ends_it_at_the_next_step_and_leaves_the_others(t
     e.cancel(1)
     collect(results, e.step())
     assert results[1].finish_reason == "cancelled"
-    assert results[1].completion_tokens == 5
+    assert results[1].completion_tokens == 6  # the first step prefills and decodes: two tokens
     assert e.stats().running == 1
     run_to_end(e, results)
     assert results[2].text == alone(tiny, prompt(tiny, PROMPTS[1]), greedy).text
@@ -171,20 +171,43 @@ def test_penalties_hold_per_request_inside_the_batch(tiny: tuple[Any, Any]) -> N
 
 def test_a_failure_in_one_request_ends_that_request_only(tiny: tuple[Any, Any], monkeypatch: Any) -> None:
     e = engine(tiny)
+    penalised = SamplingParams(max_tokens=30, temperature=0.9, seed=5, repetition_penalty=1.3)
     sampled = SamplingParams(max_tokens=30, temperature=0.9, seed=5)
-    e.submit(1, prompt(tiny, PROMPTS[0]), sampled)
+    e.submit(1, prompt(tiny, PROMPTS[0]), penalised)
     e.submit(2, prompt(tiny, PROMPTS[1]), sampled)
     results: dict[int, Result] = {}
     for _ in range(3):
         collect(results, e.step())
     broken = next(s for s in e._rows if s.request_id == 1)
 
-    def fail(*args: Any) -> int:
-        raise RuntimeError("probability tensor contains inf")
+    def fail(*args: Any) -> torch.Tensor:
+        raise RuntimeError("index out of range in penalties")
 
-    monkeypatch.setattr(broken.sampler, "choose", fail)
+    monkeypatch.setattr(broken.sampler, "penalize", fail)
     run_to_end(e, results)
-    assert results[1].finish_reason == "error" and "probability tensor" in results[1].error
+    assert results[1].finish_reason == "error" and "index out of range" in results[1].error
+    assert results[2].finish_reason == "length"
+    assert results[2].text == alone(tiny, prompt(tiny, PROMPTS[1]), sampled).text
+
+
+def test_a_request_whose_probabilities_turn_non_finite_ends_alone(tiny: tuple[Any, Any], monkeypatch: Any) -> None:
+    e = engine(tiny)
+    sampled = SamplingParams(max_tokens=30, temperature=0.9, seed=5)
+    e.submit(1, prompt(tiny, PROMPTS[0]), SamplingParams(max_tokens=30, temperature=0.9, seed=6))
+    e.submit(2, prompt(tiny, PROMPTS[1]), sampled)
+    results: dict[int, Result] = {}
+    collect(results, e.step())
+    real_forward = e._forward
+
+    def nan_for_request_1(*args: Any) -> torch.Tensor:
+        logits = real_forward(*args).clone()
+        rows = [i for i, s in enumerate(e._rows) if s.request_id == 1]
+        logits[rows] = float("nan")
+        return logits
+
+    monkeypatch.setattr(e, "_forward", nan_for_request_1)
+    run_to_end(e, results)
+    assert results[1].finish_reason == "error" and "not finite" in results[1].error
     assert results[2].finish_reason == "length"
     assert results[2].text == alone(tiny, prompt(tiny, PROMPTS[1]), sampled).text
 
@@ -227,7 +250,8 @@ def test_finished_rows_leave_the_cache(tiny: tuple[Any, Any]) -> None:
     for _ in range(5):
         collect(results, e.step())
     assert results[1].finish_reason == "length"
-    assert e._mask is not None and e._mask.shape == (1, len(prompt(tiny, "x")) + 4)  # padding trimmed away
+    # 6 tokens so far (the last not yet in the cache), and the long prompt's padding trimmed away.
+    assert e._mask is not None and e._mask.shape == (1, len(prompt(tiny, "x")) + 5)
     run_to_end(e, results)
     assert e._cache is None  # nothing running: the cache is gone
 
@@ -259,3 +283,19 @@ def test_a_kv_budget_larger_than_the_free_memory_fails_the_load(tiny: tuple[Any,
     sane = engine(tiny, kv_cache_tokens=4096)
     sane.warm_up()
     sane.check_budget_fits()
+
+
+def test_outputs_of_several_steps_merge_into_one_per_request_in_order() -> None:
+    outputs = [
+        StepOutput(1, "He", first_token=True),
+        StepOutput(2, "A", first_token=True),
+        StepOutput(1, "llo"),
+        StepOutput(2, "B", finish_reason="length", completion_tokens=2, prompt_tokens=3),
+        StepOutput(1, "!"),
+    ]
+    merged = merge_outputs(outputs)
+    assert [(o.request_id, o.text, o.first_token, o.finish_reason) for o in merged] == [
+        (1, "Hello!", True, None),
+        (2, "AB", True, "length"),
+    ]
+    assert merged[1].completion_tokens == 2 and merged[1].prompt_tokens == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from model_runtime.batching import BatchingEngine, StepOutput
+from model_runtime.batching import BatchingEngine, StepOutput, merge_outputs
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
 from model_runtime.text_generation import InvalidRequest, SamplingParams, parse_messages, parse_sampling_parameters
@@ -78,6 +79,9 @@ class TritonPythonModel:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.streams: dict[int, _Stream] = {}
         self.ids = itertools.count(1)
+        self.pending: list[StepOutput] = []  # from the engine thread, not yet sent
+        self.pending_lock = threading.Lock()
+        self.send_scheduled = False
         self.engine = BatchingEngine(
             self.model,
             self.tokenizer,
@@ -192,10 +196,23 @@ class TritonPythonModel:
                     self.engine.cancel(request_id)
 
     def _deliver_from_engine(self, outputs: list[StepOutput]) -> None:
-        """Engine thread: hands one step's outputs to the loop (no pb_utils here)."""
+        """Engine thread: queues one step's outputs for the loop (no pb_utils here). While the loop
+        is still busy with earlier ones, they wait together and go out merged."""
         loop = self.loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._send, outputs)
+        if loop is None or loop.is_closed():
+            return
+        with self.pending_lock:
+            self.pending.extend(outputs)
+            if self.send_scheduled:
+                return
+            self.send_scheduled = True
+        loop.call_soon_threadsafe(self._send_pending)
+
+    def _send_pending(self) -> None:
+        with self.pending_lock:
+            outputs, self.pending = self.pending, []
+            self.send_scheduled = False
+        self._send(merge_outputs(outputs))
 
     def _send(self, outputs: list[StepOutput]) -> None:
         """On the loop: one response per output with text, the final one with the counts."""
