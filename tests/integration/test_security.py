@@ -38,9 +38,7 @@ def _client_credentials(pki: Pki, with_certificate: bool = True) -> grpc.Channel
 
 
 @pytest.fixture(scope="module")
-def mtls_adapter(
-    small_models: None, pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningAdapter]:
+def mtls_adapter(small_models: None, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAdapter]:
     workdir = tmp_path_factory.mktemp("mtls")
     running = start_adapter(
         workdir / "adapter.log",

@@ -14,7 +14,9 @@ model_memory_bytes{model="llm"} 200
 model_memory_bytes{model="embedding"} 100
 """
 
-GPU_TEXT = CPU_TEXT + """\
+GPU_TEXT = (
+    CPU_TEXT
+    + """\
 # TYPE nv_gpu_memory_total_bytes gauge
 nv_gpu_memory_total_bytes{gpu_uuid="GPU-b"} 80
 nv_gpu_memory_total_bytes{gpu_uuid="GPU-a"} 40
@@ -22,6 +24,7 @@ nv_gpu_memory_total_bytes{gpu_uuid="GPU-a"} 40
 nv_gpu_memory_used_bytes{gpu_uuid="GPU-a"} 10
 nv_gpu_memory_used_bytes{gpu_uuid="GPU-b"} 30
 """
+)
 
 
 def test_the_host_is_the_device_when_triton_sees_no_gpu() -> None:
