@@ -16,7 +16,7 @@ CONVERT_PACKAGES := gguf==0.19.0 accelerate==1.15.0 psutil==7.2.2
 help:
 	@echo "make run    - build everything needed, then serve the adapter (embedded Triton) on :50051"
 	@echo "make test   - build everything needed, then run every test (Python and Go)"
-	@echo "make lint   - ruff, mypy, buf lint, gofmt, go vet"
+	@echo "make lint   - ruff (check and format), mypy --strict, buf lint, gofmt, go vet"
 	@echo "make check-deploy - offline checks of docker/, docker-compose.grpc.yml and docker/k8s"
 	@echo "make proto  - regenerate Python and Go code from proto/"
 	@echo "make bench  - benchmarks: adapter vs Triton direct (tables in benchmarks/results/)"
@@ -47,7 +47,8 @@ check-proto: proto
 
 lint: venv
 	$(VENV)/bin/ruff check adapter model_runtime model_repository scripts tests
-	$(VENV)/bin/mypy adapter
+	$(VENV)/bin/ruff format --check adapter model_runtime model_repository scripts tests benchmarks
+	$(VENV)/bin/mypy adapter model_runtime scripts
 	$(VENV)/bin/buf lint
 	@test -z "$$(cd maistro && gofmt -l $$(find . -name '*.go' -not -path './grpc/*'))" || { (cd maistro && gofmt -l .); echo "gofmt needed"; exit 1; }
 	cd maistro && go vet ./...

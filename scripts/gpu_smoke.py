@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def run_request(stub: pb_grpc.InferenceServiceStub, model: str) -> str:
 
 
 def unload(stub: pb_grpc.InferenceServiceStub, model: str) -> None:
-    def commands():  # type: ignore[no-untyped-def]
+    def commands() -> Iterator[pb.ManageVRAMRequest]:
         yield pb.ManageVRAMRequest(command_id="unload", unload=pb.UnloadModelCommand(model=model))
 
     for response in stub.ManageVRAM(commands(), timeout=120):
