@@ -233,3 +233,101 @@ def test_health_is_not_serving_from_tritons_exit_until_it_is_back_with_the_prelo
             )
         )
         assert responses[-1].done and responses[-1].timings.load_duration.ToTimedelta().total_seconds() == 0
+
+
+def test_health_follows_an_external_triton_from_its_first_failed_probe_to_its_return_with_models(
+    small_models: None, tmp_path: Path
+) -> None:
+    """TRITON_URL mode (as in Docker): a Triton the adapter does not supervise goes away and a fresh
+    one (nothing loaded) takes its ports. NOT_SERVING from the watcher's first failed probe; SERVING
+    again only once the adapter has loaded PRELOAD_MODELS into the new Triton itself."""
+    import asyncio
+
+    from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
+    from tests.harness import compose_model_repository, free_port
+
+    repository = compose_model_repository(tmp_path / "model_repository")
+    grpc_port, metrics_port = free_port(), free_port()
+    options = EmbeddedTritonOptions(
+        model_repository=repository,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        startup_timeout_s=60,
+        extra_env=(("CHUNK_COUNTER_INTERVAL_MS", "20"),),
+    )
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def run(coroutine: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(120)  # type: ignore[arg-type]
+
+    first = EmbeddedTriton(options)
+    run(first.start())
+    stop = threading.Event()
+    adapter = None
+    second = None
+    try:
+        adapter = start_adapter(
+            tmp_path / "adapter.log",
+            env={
+                "TRITON_URL": f"127.0.0.1:{grpc_port}",
+                "TRITON_METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
+                "MODEL_REPOSITORY": str(repository),
+                "PRELOAD_MODELS": "chunk_counter",
+                "TRITON_HEALTH_INTERVAL_SECONDS": "0.5",
+                "IMAGE_DIR": str(tmp_path / "images"),
+            },
+        )
+        with adapter.channel() as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            seen: list[tuple[float, int]] = []
+
+            loaded_when_serving: list[bool] = []
+
+            def poll() -> None:
+                while not stop.is_set():
+                    status = health_status(channel)
+                    seen.append((time.monotonic(), status))
+                    if status == health_pb2.HealthCheckResponse.SERVING and len(seen) > 1 and seen[-2][1] != status:
+                        snapshot = stub.GetMemoryStats(pb.GetMemoryStatsRequest(), timeout=10).snapshot
+                        states = {m.model: m.state for m in snapshot.models}
+                        loaded_when_serving.append(states.get("chunk_counter") == pb.MODEL_STATE_LOADED)
+                    time.sleep(0.1)
+
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            leaving_at = time.monotonic()
+            run(first.stop())  # SIGTERM: it stops answering, unloads, exits
+            gone_at = time.monotonic()
+            wait_for(lambda: seen[-1][1] == health_pb2.HealthCheckResponse.NOT_SERVING, 5, "NOT_SERVING")
+            down_at = next(at for at, s in seen if at >= leaving_at and s == health_pb2.HealthCheckResponse.NOT_SERVING)
+            # Within one probe (interval 0.5 s, timeout 2 s) of its exit, at the latest.
+            assert down_at - gone_at < 0.5 + 2.0 + 0.5, "NOT_SERVING later than one probe after Triton left"
+
+            relaunch_at = time.monotonic()
+            second = EmbeddedTriton(options)  # a fresh Triton: nothing loaded
+            run(second.start())
+            wait_for(lambda: bool(loaded_when_serving), 90, "SERVING again")
+            stop.set()
+            poller.join(5)
+            # NOT_SERVING throughout the outage, and SERVING again only with the model loaded into the
+            # new Triton by the adapter itself (no request asked for it).
+            assert all(s != health_pb2.HealthCheckResponse.SERVING for at, s in seen if down_at <= at < relaunch_at)
+            assert loaded_when_serving == [True]
+            responses = list(
+                stub.GenerateStream(
+                    pb.GenerateStreamRequest(
+                        model="chunk_counter", prompt="x", options=pb.GenerationOptions(max_tokens=3)
+                    ),
+                    timeout=30,
+                )
+            )
+            assert responses[-1].done and responses[-1].timings.load_duration.ToTimedelta().total_seconds() == 0
+    finally:
+        stop.set()
+        if adapter is not None:
+            stop_adapter(adapter)
+        for triton in (first, second):
+            if triton is not None:
+                run(triton.stop())
+        loop.call_soon_threadsafe(loop.stop)
