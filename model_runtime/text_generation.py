@@ -51,7 +51,7 @@ def _integer(raw: dict[str, Any], key: str, default: int | None) -> int | None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(f"sampling parameter {key!r} must be an integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def parse_sampling_parameters(text: str | None, default_max_tokens: int, max_tokens_limit: int) -> SamplingParams:
