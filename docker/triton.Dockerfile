@@ -68,7 +68,7 @@ RUN python3 -m pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
 
 # The rest of the model stack, the same exact versions as pyproject.toml (scripts/check_deploy.py
 # checks the two agree); torch is already satisfied. numpy stays < 2: the python backend's BYTES
-# tensors break with numpy 2 (TRITON_NOTES.md).
+# tensors break with numpy 2 (docs/triton-notes.md).
 RUN python3 -m pip install --no-cache-dir \
         transformers==5.24.0 \
         tokenizers==0.23.3 \

@@ -1,7 +1,8 @@
 """Many rounds of concurrent streams, some cancelled mid-way or right after their last chunk.
 
-Guards the crash TRITON_NOTES.md describes (concurrent pb_utils calls in one stub kill tritonserver
-after a few dozen rounds) and checks that every stream is accounted for, from both sides.
+Guards the crash docs/triton-notes.md describes (concurrent pb_utils calls in one stub kill
+tritonserver after a few dozen rounds) and checks that every stream is accounted for, from both
+sides.
 """
 
 from __future__ import annotations
