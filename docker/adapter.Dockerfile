@@ -49,6 +49,9 @@ RUN groupadd --gid "${APP_GID}" inference \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY adapter/ /app/adapter/
+# The torch-free limits the adapter shares with the models (sampling ranges): only those modules,
+# so this image still carries no torch and none of the models' code.
+COPY model_runtime/__init__.py model_runtime/sampling_limits.py /app/model_runtime/
 # Only the config.pbtxt files are read (each model's memory_estimate_bytes, used until a model
 # has been measured); the repository is a few kilobytes.
 COPY model_repository/ /app/model_repository/

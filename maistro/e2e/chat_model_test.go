@@ -55,12 +55,12 @@ func TestTrainedChatModelAnswers(t *testing.T) {
 
 	t.Run("the conversation keeps its context", func(t *testing.T) {
 		res := chat(t,
-			client.Message{Role: client.RoleUser, Content: "What is the capital of France?"},
-			client.Message{Role: client.RoleAssistant, Content: "The capital of France is Paris."},
-			client.Message{Role: client.RoleUser, Content: "What river flows through that city?"},
+			client.Message{Role: client.RoleUser, Content: "I have a dog named Max."},
+			client.Message{Role: client.RoleAssistant, Content: "That's lovely! Max sounds like a great companion."},
+			client.Message{Role: client.RoleUser, Content: "What is my dog's name?"},
 		)
-		if !strings.Contains(res.Text, "Seine") {
-			t.Errorf("reply %q does not mention the Seine", res.Text)
+		if !strings.Contains(res.Text, "Max") {
+			t.Errorf("reply %q does not name the dog", res.Text)
 		}
 	})
 }

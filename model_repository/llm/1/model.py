@@ -25,26 +25,11 @@ from model_runtime.batching import BatchingEngine, StepOutput, merge_outputs
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
 from model_runtime.text_generation import InvalidRequest, SamplingParams, parse_messages, parse_sampling_parameters
+from model_runtime.triton_inputs import bool_input, string_input, watch_cancellations
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-# How often Triton's cancel flags are read (one task for every open request): cancellation takes
-# effect at the engine's next step after this.
-CANCEL_POLL_SECONDS = 0.02
 # The gauges the Kubernetes Gateway API Inference Extension routes on are refreshed at most this often.
 GAUGE_INTERVAL_SECONDS = 0.1
-
-
-def _string_input(request: Any, name: str) -> str | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    value = tensor.as_numpy().reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _bool_input(request: Any, name: str, default: bool) -> bool:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return default if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
 
 
 @dataclass
@@ -93,8 +78,10 @@ class TritonPythonModel:
         )
         self.engine.warm_up()
         self.engine.check_budget_fits()
-        # Tokenizing (and rendering chat templates) off the loop that sends every stream's tokens.
-        self.tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        # Tokenizing (and rendering chat templates) off the loop that sends every stream's tokens,
+        # in a few threads (the Rust tokenizer releases the GIL): a huge prompt holds up one of them,
+        # not the short requests behind it.
+        self.tokenizing = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenize")
         self.watcher: asyncio.Task[None] | None = None
         self._define_metrics()
         self.engine.start()
@@ -127,16 +114,26 @@ class TritonPythonModel:
         # Decoupled + async execute: the stub keeps taking requests while these run.
         self.loop = asyncio.get_running_loop()
         if self.watcher is None or self.watcher.done():
-            self.watcher = self.loop.create_task(self._watch_cancellations())
+            # One task reads every open request's cancel flag (every 20 ms); the engine drops a
+            # cancelled request at its next step.
+            self.watcher = self.loop.create_task(
+                watch_cancellations(
+                    lambda: [(rid, s.request) for rid, s in self.streams.items() if not s.done.done()],
+                    self.engine.cancel,
+                )
+            )
         await asyncio.gather(*(self._serve(request) for request in requests))
 
     async def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()
         assert self.loop is not None
         try:
-            inputs = self._read_inputs(request)
+            try:
+                inputs = self._read_inputs(request)
+            except UnicodeDecodeError as err:
+                raise InvalidRequest(f"an input is not valid UTF-8: {err}") from None
             prompt_ids, params = await self.loop.run_in_executor(self.tokenizing, self._parse, *inputs)
-            stream = _bool_input(request, "stream", True)
+            stream = bool_input(pb_utils, request, "stream", True)
             request_id = next(self.ids)
             state = _Stream(request, sender, stream, self.loop.create_future())
             self.streams[request_id] = state
@@ -159,9 +156,9 @@ class TritonPythonModel:
     def _read_inputs(self, request: Any) -> tuple[str | None, str | None, str | None]:
         """On the loop (pb_utils): the request's string inputs."""
         return (
-            _string_input(request, "sampling_parameters"),
-            _string_input(request, "messages"),
-            _string_input(request, "text_input"),
+            string_input(pb_utils, request, "sampling_parameters"),
+            string_input(pb_utils, request, "messages"),
+            string_input(pb_utils, request, "text_input"),
         )
 
     def _parse(
@@ -186,14 +183,6 @@ class TritonPythonModel:
                 f"model's context of {self.context_length} tokens"
             )
         return prompt_ids, params
-
-    async def _watch_cancellations(self) -> None:
-        """Reads every open request's cancel flag; the engine drops a cancelled one at its next step."""
-        while True:
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
-            for request_id, state in list(self.streams.items()):
-                if not state.done.done() and state.request.is_cancelled():
-                    self.engine.cancel(request_id)
 
     def _deliver_from_engine(self, outputs: list[StepOutput]) -> None:
         """Engine thread: queues one step's outputs for the loop (no pb_utils here). While the loop
