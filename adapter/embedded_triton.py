@@ -68,7 +68,8 @@ def _stub_python_env() -> dict[str, str]:
     env = dict(os.environ)
     # The stub embeds the first python3 on PATH: the virtualenv's, so models see its site-packages.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    # The base interpreter's libpython must win over any system one (TRITON_NOTES: _PyModule_Add).
+    # The base interpreter's libpython must win over any system one, else models fail with
+    # `undefined symbol: _PyModule_Add` (docs/triton-notes.md, "Starting the bundled tritonserver").
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     wheel_libs = Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs"
     parts = [libdir, str(wheel_libs), env.get("LD_LIBRARY_PATH", "")]
