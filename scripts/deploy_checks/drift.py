@@ -1,6 +1,7 @@
 """drift: the Dockerfiles pin exactly the versions in pyproject.toml; the adapter image holds every
-package the adapter imports and no model stack. (The compose and k8s checks report the variables
-that drifted from what adapter/config.py and the models read, and the default model ids.)"""
+package the adapter imports (and the model_runtime modules it imports) and no model stack. (The
+compose and k8s checks report the variables that drifted from what adapter/config.py and the
+models read, and the default model ids.)"""
 
 from __future__ import annotations
 
@@ -109,6 +110,69 @@ def check_adapter_imports(paths: Paths, report: Report) -> None:
             )
 
 
+def _local_modules(path: Path, package: str) -> set[str]:
+    """`package.X` modules a file imports at module level (`from package import X` included)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith(f"{package}."))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == package:
+                found.update(f"{package}.{a.name}" for a in node.names)
+            elif node.module.startswith(f"{package}."):
+                found.add(node.module)
+    return found
+
+
+def _copied_sources(dockerfile: Path) -> list[str]:
+    """The build-context paths a Dockerfile's COPY instructions take (not those --from a stage)."""
+    sources: list[str] = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if not words or words[0].upper() != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        sources += [w for w in words[1:-1] if not w.startswith("--")]
+    return sources
+
+
+def check_adapter_local_modules(paths: Paths, report: Report) -> None:
+    """The adapter imports a few torch-free `model_runtime` modules (limits it shares with the
+    models): the adapter image must copy each of them (and what they import in turn), and the
+    build context must let them through; a missing one only shows when the image starts."""
+    package = paths.model_runtime.name
+    needed: set[str] = set()
+    todo = sorted(
+        p for p in paths.adapter_package.rglob("*.py") if "gen" not in p.relative_to(paths.adapter_package).parts[:1]
+    )
+    todo_modules: list[str] = []
+    for path in todo:
+        todo_modules += sorted(_local_modules(path, package))
+    while todo_modules:
+        module = todo_modules.pop()
+        if module in needed:
+            continue
+        needed.add(module)
+        source = paths.root / (module.replace(".", "/") + ".py")
+        if source.is_file():
+            todo_modules += sorted(_local_modules(source, package))
+    if not needed:
+        return
+    needed.add(f"{package}.__init__")
+    copied = _copied_sources(paths.adapter_dockerfile)
+    ignore = Path(f"{paths.adapter_dockerfile}.dockerignore")
+    allowed = ignore.read_text().splitlines() if ignore.is_file() else []
+    for module in sorted(needed):
+        file = module.replace(".", "/") + ".py"
+        folder = f"{package}/"
+        if not any(c in (file, folder, package) for c in copied):
+            report.add(
+                "drift", paths.adapter_dockerfile, f"the adapter imports {module} but the image does not copy {file}"
+            )
+        if ignore.is_file() and not any(a in (f"!{file}", f"!{folder}", f"!{package}") for a in allowed):
+            report.add("drift", ignore, f"the build context leaves out {file}, which the adapter image needs")
+
+
 def check_drift(paths: Paths, report: Report) -> None:
     check_image_pins(paths, report)
     check_adapter_imports(paths, report)
+    check_adapter_local_modules(paths, report)

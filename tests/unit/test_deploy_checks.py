@@ -143,6 +143,16 @@ def test_drift_catches_an_adapter_import_the_image_lacks(root: Path, new_problem
     assert any("the adapter imports yaml" in p for p in found), found
 
 
+def test_drift_catches_a_model_runtime_module_the_adapter_image_does_not_copy(
+    root: Path, new_problems: NewProblems
+) -> None:
+    module = root / "adapter" / "new_feature.py"
+    (root / "model_runtime" / "new_limits.py").write_text("LIMIT = 1\n")
+    found = new_problems(root, "drift", lambda: module.write_text("from model_runtime import new_limits\n"))
+    assert any("does not copy model_runtime/new_limits.py" in p for p in found), found
+    assert any("the build context leaves out model_runtime/new_limits.py" in p for p in found), found
+
+
 def test_drift_pins_follow_pyproject(root: Path, new_problems: NewProblems) -> None:
     pyproject = root / "pyproject.toml"
     found = new_problems(root, "drift", lambda: edit(pyproject, '"numpy==1.26.4"', '"numpy==1.26.5"'))
