@@ -25,6 +25,8 @@ from pathlib import Path
 
 import tritonclient.grpc.aio as triton_grpc
 
+from adapter import procfs
+
 log = logging.getLogger(__name__)
 triton_log = logging.getLogger("triton")
 
@@ -93,22 +95,12 @@ def _prepare_backend_dir(root: Path) -> Path:
     return root
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_shared_memory() -> None:
     """Removes python-backend shared memory left by embedded Tritons whose adapter has died."""
     pattern = re.compile(rf"^{SHM_PREFIX}(\d+)_")
     for path in _SHM_DIR.glob(f"{SHM_PREFIX}*"):
         match = pattern.match(path.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not procfs.alive(int(match.group(1))):
             with contextlib.suppress(OSError):
                 path.unlink()
 
@@ -150,18 +142,8 @@ class EmbeddedTriton:
         whose command line names the model's model.py)."""
         if self._process is None:
             return set()
-        marker = f"{self.options.model_repository.resolve()}/{model}/".encode()
-        found = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != self._process.pid:
-                    continue
-                cmdline = (stat.parent / "cmdline").read_bytes()
-            except (OSError, ValueError, IndexError):
-                continue
-            if b"triton_python_backend_stub" in cmdline and marker in cmdline:
-                found.add(int(stat.parent.name))
-        return found
+        marker = f"{self.options.model_repository.resolve()}/{model}/"
+        return procfs.stub_pids(procfs.children(self._process.pid), marker)
 
     async def start(self) -> None:
         clean_stale_shared_memory()

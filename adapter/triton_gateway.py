@@ -22,7 +22,7 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from adapter import errors
+from adapter import errors, procfs
 from adapter.coalescer import EmbeddingCoalescer
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,6 @@ class _ModelInfo:
     parameters: dict[str, str] = field(default_factory=dict)
     max_batch_size: int = 0
     outputs: frozenset[str] = frozenset()  # the names of the model's output tensors
-
-
-def _process_alive(pid: int) -> bool:
-    """True while the process runs; an exited one awaiting its parent's wait (zombie) is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _bytes_input(name: str, value: str) -> triton_grpc.InferInput:
@@ -177,7 +168,7 @@ class TritonGateway:
                 raise errors.Unavailable(f"model {model!r} still READY {timeout_s:.0f}s after its unload")
             await asyncio.sleep(0.05)
         # Its stub exits 1-3 s after the index changes; only then is the memory really back.
-        while any(_process_alive(pid) for pid in processes):
+        while any(procfs.alive(pid) for pid in processes):
             if time.monotonic() > deadline:
                 log.warning("model %s: stub processes %s outlived its unload", model, processes)
                 break

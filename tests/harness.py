@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adapter import procfs
+
 REPO = Path(__file__).resolve().parent.parent
 TEST_MODELS = REPO / "tests" / "model_repository"
 
@@ -66,11 +68,8 @@ class RunningAdapter:
     def triton_pid(self) -> int:
         """The embedded tritonserver process."""
         for pid in self.child_pids():
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver":
-                    return pid
-            except OSError:
-                continue
+            if procfs.comm(pid) == "tritonserver":
+                return pid
         raise LookupError("no tritonserver process under the adapter")
 
     def log_tail(self, lines: int = 60) -> str:
@@ -78,21 +77,7 @@ class RunningAdapter:
 
     def child_pids(self) -> set[int]:
         """tritonserver and its stubs: every descendant of the adapter process."""
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        found: set[int] = set()
-        todo = [self.process.pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-        return found
+        return procfs.descendants(self.process.pid)
 
 
 def start_adapter(
@@ -169,29 +154,13 @@ def stop_adapter(adapter: RunningAdapter, timeout_s: float = 40) -> int:
 
 def stub_pids(adapter: RunningAdapter, model: str) -> set[int]:
     """The python-backend stub processes serving `model` (their command line names its model.py)."""
-    found = set()
-    for pid in adapter.child_pids():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "triton_python_backend_stub" in cmdline and f"/{model}/1/model.py" in cmdline:
-            found.add(pid)
-    return found
+    return procfs.stub_pids(adapter.child_pids(), f"/{model}/1/model.py")
 
 
 def alive(pid: int) -> bool:
     """Running (an exited process its parent has not reaped yet is a zombie: gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return procfs.alive(pid)
 
 
 def rss_bytes(pids: set[int]) -> int:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
+    return procfs.rss_bytes(pids)
