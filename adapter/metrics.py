@@ -26,6 +26,7 @@ from grpc._cython import cygrpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 from adapter.handler_wrapping import Behavior, WrappingInterceptor, rewrap
+from adapter.scheduler import Cause, EventKind, SchedulerEvent
 
 # Unary RPCs take milliseconds; a streamed chat or an image generation can take minutes.
 RPC_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -70,7 +71,7 @@ class AdapterMetrics:
         )
         self._model_unloads = Counter(
             "adapter_model_unloads_total",
-            "Models unloaded, by why (evicted, keep_alive, requested, clear)",
+            "Models unloaded, by why (evicted, keep_alive, requested, clear, lost)",
             ("model", "reason"),
             registry=r,
         )
@@ -96,9 +97,18 @@ class AdapterMetrics:
     def model_load_failed(self, model: str) -> None:
         self._model_load_failures.labels(model).inc()
 
-    def model_unloaded(self, model: str, reason: str) -> None:
-        """`reason` is a short word: "evicted", "keep_alive", "requested" or "clear"."""
-        self._model_unloads.labels(model, reason).inc()
+    def model_unloaded(self, model: str, cause: Cause) -> None:
+        """Counted under the cause's value: "evicted", "keep_alive", "requested", "clear" or "lost"."""
+        self._model_unloads.labels(model, Cause(cause).value).inc()
+
+    def model_event(self, event: SchedulerEvent) -> None:
+        """Records one of the scheduler's events (a scheduler listener)."""
+        if event.kind is EventKind.LOADED:
+            self.model_loaded(event.model, event.duration_s)
+        elif event.kind is EventKind.LOAD_FAILED:
+            self.model_load_failed(event.model)
+        else:  # unloaded or evicted
+            self.model_unloaded(event.model, event.cause)
 
     def set_in_flight(self, model: str, n: int) -> None:
         self._model_in_flight.labels(model).set(n)

@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from adapter import errors
@@ -36,7 +37,45 @@ from adapter.memory_readings import DeviceReading, MemoryReading
 
 log = logging.getLogger(__name__)
 
-UNLOADED, LOADING, LOADED, UNLOADING, FAILED = "unloaded", "loading", "loaded", "unloading", "failed"
+
+class ModelState(StrEnum):
+    """Where a model is, as the scheduler holds it."""
+
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"  # its last load or unload failed (the slot's reason says why)
+
+
+UNLOADED, LOADING, LOADED, UNLOADING, FAILED = (
+    ModelState.UNLOADED,
+    ModelState.LOADING,
+    ModelState.LOADED,
+    ModelState.UNLOADING,
+    ModelState.FAILED,
+)
+
+
+class EventKind(StrEnum):
+    """What happened to a model."""
+
+    LOADED = "loaded"
+    UNLOADED = "unloaded"  # unloaded for any cause but eviction (the event's cause says which)
+    EVICTED = "evicted"  # unloaded to make room for another model
+    LOAD_FAILED = "load_failed"
+
+
+class Cause(StrEnum):
+    """Why it happened. The values are the `reason` labels of adapter_model_unloads_total."""
+
+    REQUESTED = "requested"  # a request or a command (ManageVRAM load or unload, a preload)
+    EVICTED = "evicted"  # room was needed for another model
+    KEEP_ALIVE_EXPIRED = "keep_alive"  # idle for longer than its keep-alive (0: right after its request)
+    CLEARED = "clear"  # ClearMemory
+    LOST = "lost"  # Triton no longer had it loaded (it restarted, or unloaded it behind our back)
+
+
 # The budget's one device when no reading named any (a fixed budget, Triton's metrics unreachable).
 ANY_DEVICE = "any"
 # Triton refreshes its GPU metrics every 2 s (--metrics-interval-ms): a reading taken sooner after a
@@ -68,8 +107,9 @@ class MemoryProbe(Protocol):
 @dataclass(frozen=True)
 class SchedulerEvent:
     model: str
-    kind: str  # loaded | unloaded | evicted | load_failed
-    reason: str
+    kind: EventKind
+    cause: Cause
+    reason: str  # for people: the log line, ManageVRAM's event reason
     memory_bytes: int
     at: float  # wall clock
     duration_s: float = 0.0  # how long the load or unload took
@@ -78,7 +118,7 @@ class SchedulerEvent:
 @dataclass
 class ModelSlot:
     name: str
-    state: str = UNLOADED
+    state: ModelState = UNLOADED
     memory_bytes: int = 0
     memory_source: str = "declared"  # declared | measured | metric
     device: str = ""  # where it was placed when last loaded (a device of the readings); "" not yet known
@@ -189,8 +229,8 @@ class Scheduler:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def _emit(self, slot: ModelSlot, kind: str, reason: str, duration_s: float = 0.0) -> None:
-        event = SchedulerEvent(slot.name, kind, reason, slot.memory_bytes, self._wall(), duration_s)
+    def _emit(self, slot: ModelSlot, kind: EventKind, cause: Cause, reason: str, duration_s: float = 0.0) -> None:
+        event = SchedulerEvent(slot.name, kind, cause, reason, slot.memory_bytes, self._wall(), duration_s)
         log.info("model %s %s (%s)", slot.name, kind, reason)
         for listener in list(self._listeners):
             listener(event)
@@ -267,7 +307,7 @@ class Scheduler:
             slot.touch()
             if not slot.busy and self.keep_alive_of(slot) == 0 and not slot.pinned:
                 asyncio.get_running_loop().create_task(
-                    self._unload_quietly(slot, "keep-alive 0: unloaded after the request")
+                    self._unload_quietly(slot, Cause.KEEP_ALIVE_EXPIRED, "keep-alive 0: unloaded after the request")
                 )
 
     async def _wait_loaded(self, slot: ModelSlot) -> float:
@@ -319,7 +359,7 @@ class Scheduler:
                 slot.state, slot.reason = FAILED, err.message
                 slot.touch()
                 self._changed(self._settle_s)
-                self._emit(slot, "load_failed", err.message)
+                self._emit(slot, EventKind.LOAD_FAILED, Cause.REQUESTED, err.message)
                 raise
             self._changed(self._settle_s)
             after = await self.settled_reading()
@@ -327,7 +367,7 @@ class Scheduler:
             slot.state = LOADED
             slot.last_used, slot.last_used_wall = self._clock(), self._wall()
             slot.touch()
-            self._emit(slot, "loaded", "requested", self._clock() - started)
+            self._emit(slot, EventKind.LOADED, Cause.REQUESTED, "requested", self._clock() - started)
 
     async def _make_room(self, slot: ModelSlot) -> None:
         if not self.budget_bytes:
@@ -345,7 +385,7 @@ class Scheduler:
             if s.state == LOADED and not s.busy and not s.pinned and s.name != slot.name and self.device_of(s) == device
         ]
         for victim in sorted(idle, key=lambda s: s.last_used):
-            await self._unload(victim, f"evicted to make room for {slot.name}", kind="evicted")
+            await self._unload(victim, Cause.EVICTED, f"evicted to make room for {slot.name}")
             free = budget - self.used_bytes(excluding=slot.name, device=device)
             if need <= free:
                 return
@@ -392,7 +432,7 @@ class Scheduler:
         if placement.memory_bytes > 0:
             slot.memory_bytes, slot.memory_source = placement.memory_bytes, placement.source
 
-    async def _unload(self, slot: ModelSlot, reason: str, kind: str = "unloaded") -> None:
+    async def _unload(self, slot: ModelSlot, cause: Cause, reason: str) -> None:
         """Unloads an idle model (callers check). Done only once Triton's index says so."""
         slot.state = UNLOADING
         slot.touch()
@@ -406,13 +446,13 @@ class Scheduler:
             self._changed(self._settle_s + self._stub_exit_s)
         slot.state = UNLOADED
         slot.touch()
-        self._emit(slot, kind, reason)
+        self._emit(slot, EventKind.EVICTED if cause is Cause.EVICTED else EventKind.UNLOADED, cause, reason)
 
-    async def _unload_quietly(self, slot: ModelSlot, reason: str) -> None:
+    async def _unload_quietly(self, slot: ModelSlot, cause: Cause, reason: str) -> None:
         try:
             async with self._budget_lock:
                 if slot.state == LOADED and not slot.busy:
-                    await self._unload(slot, reason)
+                    await self._unload(slot, cause, reason)
         except errors.AdapterError as err:
             log.error("could not unload %s: %s", slot.name, err.message)
 
@@ -423,9 +463,10 @@ class Scheduler:
         async with self.use(model) as waited:
             return waited
 
-    async def unload(self, model: str, reason: str = "requested", wait_s: float = 30.0) -> bool:
+    async def unload(self, model: str, wait_s: float = 30.0, cause: Cause = Cause.REQUESTED) -> bool:
         """Unloads the model, pinned or not, once its in-flight requests are done (up to wait_s).
-        Returns False if it was not loaded."""
+        Returns False if it was not loaded. `cause`: REQUESTED (a command) or CLEARED (ClearMemory)."""
+        reason = "ClearMemory" if cause is Cause.CLEARED else "requested"
         slot = await self.slot(model)
         deadline = self._clock() + wait_s
         while slot.in_flight > 0 or slot.state in (LOADING, UNLOADING):
@@ -441,7 +482,7 @@ class Scheduler:
         async with self._budget_lock:
             if slot.state != LOADED or slot.in_flight > 0:
                 return False
-            await self._unload(slot, reason)
+            await self._unload(slot, cause, reason)
         return True
 
     def add_queued(self, model: str, count: int) -> None:
@@ -475,7 +516,7 @@ class Scheduler:
                 skipped.append(f"{slot.name} ({slot.describe_work()})")
                 continue
             try:
-                if await self.unload(slot.name, "ClearMemory", wait_s=wait_for_idle_s):
+                if await self.unload(slot.name, wait_s=wait_for_idle_s, cause=Cause.CLEARED):
                     unloaded.append(slot.name)
                     freed += slot.memory_bytes
             except errors.FailedPrecondition:
@@ -506,7 +547,7 @@ class Scheduler:
     def _lost(self, slot: ModelSlot, reason: str) -> None:
         slot.state = UNLOADED
         slot.touch()
-        self._emit(slot, "unloaded", reason)
+        self._emit(slot, EventKind.UNLOADED, Cause.LOST, reason)
 
     # ---- keep-alive ------------------------------------------------------------------------
 
@@ -529,7 +570,7 @@ class Scheduler:
         expired = [s for s in self.slots() if (at := self.expires_at(s)) is not None and at <= now]
         done = []
         for slot in expired:
-            await self._unload_quietly(slot, "keep-alive expired")
+            await self._unload_quietly(slot, Cause.KEEP_ALIVE_EXPIRED, "keep-alive expired")
             if slot.state == UNLOADED:
                 done.append(slot.name)
         return done

@@ -25,7 +25,7 @@ from adapter.image_jobs import ImageJobService
 from adapter.job_store import JobStore
 from adapter.memory_readings import TritonMemoryProbe
 from adapter.metrics import AdapterMetrics
-from adapter.scheduler import ModelSlot, NoGpuMetrics, Scheduler, SchedulerEvent
+from adapter.scheduler import ModelSlot, NoGpuMetrics, Scheduler
 from adapter.servicer import InferenceServicer
 from adapter.services.embedding import EmbeddingService
 from adapter.services.images import ImageService
@@ -102,7 +102,7 @@ class Adapter:
             gpu_expected=s.gpu_host(),
         )
         self.scheduler.slot_observer = self._observe_slot
-        self.scheduler.add_listener(self._record_event)
+        self.scheduler.add_listener(self.metrics.model_event)
         self.gateway.on_model_missing = self.scheduler.model_missing
         try:
             log.info("memory budget: %d bytes (%s)", await self.scheduler.refresh_budget(), self.scheduler.budgets)
@@ -242,23 +242,6 @@ class Adapter:
     def _observe_slot(self, slot: ModelSlot) -> None:
         self.metrics.set_in_flight(slot.name, slot.in_flight)
         self.metrics.set_queue_depth(slot.name, slot.waiting)
-
-    def _record_event(self, event: SchedulerEvent) -> None:
-        if event.kind == "loaded":
-            self.metrics.model_loaded(event.model, event.duration_s)
-        elif event.kind == "load_failed":
-            self.metrics.model_load_failed(event.model)
-        elif event.kind == "evicted":
-            self.metrics.model_unloaded(event.model, "evicted")
-        elif event.kind == "unloaded":
-            reason = (
-                "keep_alive"
-                if "keep-alive" in event.reason
-                else "clear"
-                if event.reason == "ClearMemory"
-                else "requested"
-            )
-            self.metrics.model_unloaded(event.model, reason)
 
     async def _preload(self, scheduler: Scheduler) -> bool:
         """Loads PRELOAD_MODELS. False when Triton was unreachable for one (a model that fails to

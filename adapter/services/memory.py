@@ -14,22 +14,22 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from adapter import errors, validation
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.memory_readings import MemoryReading, freed_bytes
-from adapter.scheduler import MemoryProbe, Scheduler, SchedulerEvent
+from adapter.scheduler import EventKind, MemoryProbe, ModelState, Scheduler, SchedulerEvent
 
 log = logging.getLogger(__name__)
 
 STATES = {
-    "unloaded": pb.MODEL_STATE_UNLOADED,
-    "loading": pb.MODEL_STATE_LOADING,
-    "loaded": pb.MODEL_STATE_LOADED,
-    "unloading": pb.MODEL_STATE_UNLOADING,
-    "failed": pb.MODEL_STATE_FAILED,
+    ModelState.UNLOADED: pb.MODEL_STATE_UNLOADED,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.LOADED: pb.MODEL_STATE_LOADED,
+    ModelState.UNLOADING: pb.MODEL_STATE_UNLOADING,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
 }
 EVENTS = {
-    "loaded": pb.MODEL_EVENT_KIND_LOADED,
-    "unloaded": pb.MODEL_EVENT_KIND_UNLOADED,
-    "evicted": pb.MODEL_EVENT_KIND_EVICTED,
-    "load_failed": pb.MODEL_EVENT_KIND_LOAD_FAILED,
+    EventKind.LOADED: pb.MODEL_EVENT_KIND_LOADED,
+    EventKind.UNLOADED: pb.MODEL_EVENT_KIND_UNLOADED,
+    EventKind.EVICTED: pb.MODEL_EVENT_KIND_EVICTED,
+    EventKind.LOAD_FAILED: pb.MODEL_EVENT_KIND_LOAD_FAILED,
 }
 MIN_SNAPSHOT_INTERVAL_S = 0.1
 
