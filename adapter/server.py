@@ -71,6 +71,12 @@ class Adapter:
 
     async def start(self) -> None:
         s = self.settings
+        # GRPC_MAX_WORKERS threads run the blocking work, before anything uses the loop's default
+        # executor (asyncio.to_thread: input images, PNG sizes, Triton's metrics). SQLite keeps its
+        # own single thread (job_store.py).
+        asyncio.get_running_loop().set_default_executor(
+            futures.ThreadPoolExecutor(max_workers=s.grpc_max_workers, thread_name_prefix="blocking")
+        )
         if s.embedded:
             self.triton = EmbeddedTriton(
                 EmbeddedTritonOptions(

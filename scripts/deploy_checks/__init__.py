@@ -16,8 +16,9 @@ module per check:
   drift.py     the Dockerfiles pin exactly the versions in pyproject.toml; the adapter image holds
                every package the adapter imports and no model stack; (in compose.py and k8s.py,
                reported as drift) every variable the compose file and the manifests give the
-               adapter is one adapter/config.py reads (and every GRPC_* it reads is set); Triton's
-               variables are ones the models read; the default model ids are the config.pbtxt ones
+               adapter is one adapter/config.py declares in its SETTINGS (and every GRPC_* one is
+               set); Triton's variables are ones the models read; the default model ids are the
+               config.pbtxt ones
   gpu.py       the Triton image builds and its torch sees the GPU: no pip install into the base's
                Debian-owned python needs a package Debian installed in another version (torch 2.13
                needs setuptools>=77.0.3; Debian's is 68.1.2, and pip cannot uninstall it); torch's

@@ -1,12 +1,14 @@
 """Facts the checks read out of the repository's own files: pyproject.toml's pins, Dockerfile
-instructions and their pip requirements, the environment variables adapter/config.py and the models
-read, the models' default ids, command-line option values."""
+instructions and their pip requirements, the environment variables adapter/config.py declares (its
+SETTINGS) and the models read, the models' default ids, command-line option values."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import shlex
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,8 +163,30 @@ def option_values(words: list[str], option: str) -> list[str]:
 
 
 def adapter_variables(config_py: Path) -> set[str]:
-    """The environment variables adapter/config.py reads: names passed to env.get / env[...] /
-    os.environ / os.getenv, and any helper called as f(env, "NAME", ...) (such as _parse)."""
+    """The environment variables adapter/config.py reads: the ones its SETTINGS declare (each
+    setting is declared once there, and parsed from that declaration), and any it reads directly."""
+    return declared_variables(config_py) | variables_read_directly(config_py)
+
+
+def declared_variables(config_py: Path) -> set[str]:
+    """The `env` of every declaration in the module's SETTINGS (none when it has no SETTINGS). The
+    module is loaded from its path (a copy, in the tests): it needs nothing but the standard library."""
+    name = "_deploy_checks_adapter_config"
+    spec = importlib.util.spec_from_file_location(name, config_py)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {config_py}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return {str(declared.env) for declared in getattr(module, "SETTINGS", ())}
+
+
+def variables_read_directly(config_py: Path) -> set[str]:
+    """Names passed to env.get / env[...] / os.environ / os.getenv, and to any helper called as
+    f(env, "NAME", ...): reads that bypass the declarations."""
     tree = ast.parse(config_py.read_text(), filename=str(config_py))
     names: set[str] = set()
 

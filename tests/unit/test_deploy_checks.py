@@ -307,6 +307,23 @@ def test_adapter_variables_follow_every_way_config_reads_the_environment(tmp_pat
     }
 
 
+def test_adapter_variables_are_the_declared_settings() -> None:
+    from adapter.config import SETTINGS
+
+    config = REPO / "adapter" / "config.py"
+    assert check_deploy.adapter_variables(config) == {declared.env for declared in SETTINGS}
+
+
+def test_a_new_declaration_is_a_variable_the_deployment_may_set(root: Path, new_problems: NewProblems) -> None:
+    compose, config = root / "docker-compose.grpc.yml", root / "adapter" / "config.py"
+    setting = "GRPC_HOST: 0.0.0.0\n      EXTRA_KNOB: '2'\n"
+    found = new_problems(root, "compose", lambda: edit(compose, "GRPC_HOST: 0.0.0.0\n", setting))
+    assert any("adapter sets EXTRA_KNOB, which adapter/config.py does not read" in p for p in found), found
+    declared = '    log_level: str = setting(\n        "LOG_LEVEL",'
+    knob = '    extra_knob: int = setting("EXTRA_KNOB", 1, _positive_int, _INT, "a knob")\n' + declared
+    assert new_problems(root, "compose", lambda: edit(config, declared, knob)) == []
+
+
 def test_interpolation_follows_compose() -> None:
     errors: list[str] = []
     document = {"a": "${A:-x}", "b": "${B-y}", "c": ["$$HOME", "${C}"], "d": "${D:?needed}", "n": 3}
