@@ -42,15 +42,15 @@ proto: venv
 
 # Generated code is committed: fail when it differs from what the proto generates now.
 check-proto: proto
-	@git diff --exit-code -- adapter/gen maistro/grpc || { echo "generated code is stale: run make proto and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- adapter/gen maistro/grpc)" || { git status --short -- adapter/gen maistro/grpc; echo "untracked generated files: run make proto and commit"; exit 1; }
+	@git diff --exit-code -- adapter/gen maistro/internal/gen || { echo "generated code is stale: run make proto and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- adapter/gen maistro/internal/gen)" || { git status --short -- adapter/gen maistro/internal/gen; echo "untracked generated files: run make proto and commit"; exit 1; }
 
 lint: venv
 	$(VENV)/bin/ruff check adapter model_runtime model_repository scripts tests
 	$(VENV)/bin/ruff format --check adapter model_runtime model_repository scripts tests benchmarks
 	$(VENV)/bin/mypy adapter model_runtime scripts
 	$(VENV)/bin/buf lint
-	@test -z "$$(cd maistro && gofmt -l $$(find . -name '*.go' -not -path './grpc/*'))" || { (cd maistro && gofmt -l .); echo "gofmt needed"; exit 1; }
+	@test -z "$$(cd maistro && gofmt -l $$(find . -name '*.go' -not -path './internal/gen/*'))" || { (cd maistro && gofmt -l .); echo "gofmt needed"; exit 1; }
 	cd maistro && go vet ./...
 
 run: models

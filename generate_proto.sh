@@ -35,15 +35,22 @@ mkdir -p "$TOOLS_BIN"
   GOBIN="$TOOLS_BIN" go install "google.golang.org/protobuf/cmd/protoc-gen-go@${PROTOC_GEN_GO_VERSION}"
 [ -x "$TOOLS_BIN/protoc-gen-go-grpc" ] && "$TOOLS_BIN/protoc-gen-go-grpc" --version | grep -q "${PROTOC_GEN_GO_GRPC_VERSION#v}" ||
   GOBIN="$TOOLS_BIN" go install "google.golang.org/grpc/cmd/protoc-gen-go-grpc@${PROTOC_GEN_GO_GRPC_VERSION}"
-rm -rf maistro/grpc/inference
-mkdir -p maistro/grpc/inference
+# The Go package is internal to maistro (maistro/internal/gen/inference): the client package's
+# types are the public API. The M option sets its import path here, whatever the proto's
+# go_package says, so the proto (and the Python generated from it) need not change.
+GO_OUT=maistro/internal/gen/inference
+GO_IMPORT=github.com/inference-platform/maistro/internal/gen/inference
+rm -rf "$GO_OUT"
+mkdir -p "$GO_OUT"
 "$PY" -m grpc_tools.protoc -I proto \
   --plugin=protoc-gen-go="$TOOLS_BIN/protoc-gen-go" \
   --plugin=protoc-gen-go-grpc="$TOOLS_BIN/protoc-gen-go-grpc" \
-  --go_out=maistro/grpc/inference --go_opt=paths=source_relative \
-  --go-grpc_out=maistro/grpc/inference --go-grpc_opt=paths=source_relative \
+  --go_out="$GO_OUT" --go_opt=paths=source_relative \
+  --go_opt="Minference/v1/inference.proto=$GO_IMPORT;inference" \
+  --go-grpc_out="$GO_OUT" --go-grpc_opt=paths=source_relative \
+  --go-grpc_opt="Minference/v1/inference.proto=$GO_IMPORT;inference" \
   inference/v1/inference.proto >/dev/null
 # paths=source_relative keeps the proto's directories; flatten them into the Go package folder.
-mv maistro/grpc/inference/inference/v1/*.go maistro/grpc/inference/
-rm -rf maistro/grpc/inference/inference
-echo "generated: adapter/gen/inference/v1, maistro/grpc/inference"
+mv "$GO_OUT"/inference/v1/*.go "$GO_OUT"/
+rm -rf "$GO_OUT"/inference
+echo "generated: adapter/gen/inference/v1, $GO_OUT"

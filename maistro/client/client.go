@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Keepalive pings keep idle connections through proxies and notice a dead server; the adapter
@@ -196,127 +197,6 @@ func (c *Client) Conn() *grpc.ClientConn {
 	return c.conn
 }
 
-// ChatFunc receives each chunk of a chat reply as it arrives. Returning an error cancels the
-// call, and Chat returns that error unchanged.
-type ChatFunc func(ChatChunk) error
-
-// GenerateFunc receives each chunk of a continuation as it arrives. Returning an error cancels
-// the call, and Generate returns that error unchanged.
-type GenerateFunc func(GenerateChunk) error
-
-// Chat streams the next assistant turn of a conversation, calling fn (which may be nil) with
-// each chunk in order, and returns the whole reply once the server has sent its last chunk.
-//
-// Cancelling ctx cancels the call on the server. Errors from the server are *Error values (see
-// IsNotFound and the other IsX helpers); an error returned by fn is returned unchanged.
-func (c *Client) Chat(ctx context.Context, req *ChatRequest, fn ChatFunc) (*ChatResult, error) {
-	if req == nil {
-		return nil, errors.New("maistro: nil ChatRequest")
-	}
-	open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.ChatStreamResponse], error) {
-		return c.rpc.ChatStream(ctx, req.toProto())
-	}
-	res, err := textStream(ctx, c, open, fn)
-	if err != nil {
-		return nil, err
-	}
-	return &res, nil
-}
-
-// Generate streams the continuation of a raw prompt, calling fn (which may be nil) with each
-// chunk in order, and returns the whole continuation once the server has sent its last chunk.
-// Cancellation and errors behave as in Chat.
-func (c *Client) Generate(ctx context.Context, req *GenerateRequest, fn GenerateFunc) (*GenerateResult, error) {
-	if req == nil {
-		return nil, errors.New("maistro: nil GenerateRequest")
-	}
-	open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.GenerateStreamResponse], error) {
-		return c.rpc.GenerateStream(ctx, req.toProto())
-	}
-	var each func(ChatChunk) error
-	if fn != nil {
-		each = func(chunk ChatChunk) error { return fn(GenerateChunk(chunk)) }
-	}
-	res, err := textStream(ctx, c, open, each)
-	if err != nil {
-		return nil, err
-	}
-	result := GenerateResult(res)
-	return &result, nil
-}
-
-// textStream runs a ChatStream or GenerateStream call (their messages have the same fields):
-// each message becomes a chunk handed to fn (which may be nil); the result joins the deltas and
-// takes finish reason, usage and timings from the last chunk.
-func textStream[R any, PR interface {
-	*R
-	streamMessage
-}](ctx context.Context, c *Client,
-	open func(context.Context) (grpc.ServerStreamingClient[R], error),
-	fn func(ChatChunk) error,
-) (ChatResult, error) {
-	var (
-		res  ChatResult
-		text strings.Builder
-	)
-	err := streamCall(ctx, c, open, func(m *R) (bool, error) {
-		chunk := chatChunkFromProto(PR(m))
-		text.WriteString(chunk.Delta)
-		res.Model = chunk.Model
-		if chunk.Done {
-			res.FinishReason, res.Usage, res.Timings = chunk.FinishReason, chunk.Usage, chunk.Timings
-		}
-		if fn != nil {
-			if err := fn(chunk); err != nil {
-				return false, err
-			}
-		}
-		return chunk.Done, nil
-	})
-	res.Text = text.String()
-	return res, err
-}
-
-// Embed returns one vector per input of req, in input order, in a single unary call.
-//
-// Config.RequestTimeout applies as in Chat, and so do cancellation and errors: an empty
-// req.Inputs or a bad field is IsInvalidArgument, an unknown model IsNotFound. A response whose
-// embeddings do not match the inputs one for one (count, Index, or a vector length other than
-// Dimension) is an error wrapping ErrBadResponse.
-func (c *Client) Embed(ctx context.Context, req *EmbedRequest) (*EmbedResult, error) {
-	if req == nil {
-		return nil, errors.New("maistro: nil EmbedRequest")
-	}
-	ctx, cancel := c.callContext(ctx)
-	defer cancel()
-	resp, err := c.rpc.GetEmbedding(ctx, req.toProto())
-	if err != nil {
-		return nil, fromRPC(err)
-	}
-	res := embedResultFromProto(resp)
-	if err := res.check(len(req.Inputs)); err != nil {
-		return nil, err
-	}
-	return res, nil
-}
-
-// check verifies that r answers a request of n inputs as the API promises.
-func (r *EmbedResult) check(n int) error {
-	if len(r.Embeddings) != n {
-		return fmt.Errorf("maistro: %w: %d embeddings for %d inputs", ErrBadResponse, len(r.Embeddings), n)
-	}
-	for i, e := range r.Embeddings {
-		if e.Index != i {
-			return fmt.Errorf("maistro: %w: embedding %d has index %d", ErrBadResponse, i, e.Index)
-		}
-		if len(e.Vector) != r.Dimension {
-			return fmt.Errorf("maistro: %w: embedding %d has %d values, dimension is %d",
-				ErrBadResponse, i, len(e.Vector), r.Dimension)
-		}
-	}
-	return nil
-}
-
 // callContext applies Config.RequestTimeout to a context that has no deadline of its own.
 func (c *Client) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); !ok && c.requestTimeout > 0 {
@@ -375,5 +255,38 @@ func streamCall[R any](ctx context.Context, c *Client,
 		if err != nil {
 			return fromRPC(err)
 		}
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared by the API areas (chat.go, embed.go, image.go)
+// ---------------------------------------------------------------------------------------------
+
+// Usage counts tokens.
+type Usage struct {
+	// PromptTokens is the length of the prompt (after the chat template, for Chat).
+	PromptTokens int `json:"prompt_tokens"`
+	// CompletionTokens is the number of tokens generated.
+	CompletionTokens int `json:"completion_tokens"`
+	// TotalTokens is PromptTokens plus CompletionTokens.
+	TotalTokens int `json:"total_tokens"`
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions to and from inference.v1
+// ---------------------------------------------------------------------------------------------
+
+func keepAliveToProto(d *time.Duration) *durationpb.Duration {
+	if d == nil {
+		return nil
+	}
+	return durationpb.New(*d)
+}
+
+func usageFromProto(u *pb.Usage) Usage {
+	return Usage{
+		PromptTokens:     int(u.GetPromptTokens()),
+		CompletionTokens: int(u.GetCompletionTokens()),
+		TotalTokens:      int(u.GetTotalTokens()),
 	}
 }

@@ -10,87 +10,23 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	"github.com/inference-platform/maistro/internal/fakeserver"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // waitLimit bounds every wait for something the server should observe; tests never sleep.
 const waitLimit = 5 * time.Second
 
-// fakeServer is an in-process InferenceService whose handlers each test supplies.
-type fakeServer struct {
-	pb.UnimplementedInferenceServiceServer
-	chat     func(*pb.ChatStreamRequest, grpc.ServerStreamingServer[pb.ChatStreamResponse]) error
-	generate func(*pb.GenerateStreamRequest, grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error
-	embed    func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error)
-
-	generateImage func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error)
-	editImage     func(context.Context, *pb.EditImageRequest) (*pb.EditImageResponse, error)
-	imageStatus   func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error)
-
-	manageVRAM  func(grpc.BidiStreamingServer[pb.ManageVRAMRequest, pb.ManageVRAMResponse]) error
-	clearMemory func(context.Context, *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error)
-	memoryStats func(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error)
-}
-
-func (f *fakeServer) ChatStream(req *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
-	return f.chat(req, s)
-}
-
-func (f *fakeServer) GenerateStream(req *pb.GenerateStreamRequest, s grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error {
-	return f.generate(req, s)
-}
-
-func (f *fakeServer) GetEmbedding(ctx context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
-	return f.embed(ctx, req)
-}
-
-func (f *fakeServer) GenerateImage(ctx context.Context, req *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
-	return f.generateImage(ctx, req)
-}
-
-func (f *fakeServer) EditImage(ctx context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
-	return f.editImage(ctx, req)
-}
-
-func (f *fakeServer) CheckImageStatus(ctx context.Context, req *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
-	return f.imageStatus(ctx, req)
-}
-
-// ManageVRAM is UNIMPLEMENTED, as on a server without the memory RPCs, unless the test sets it.
-func (f *fakeServer) ManageVRAM(s grpc.BidiStreamingServer[pb.ManageVRAMRequest, pb.ManageVRAMResponse]) error {
-	if f.manageVRAM == nil {
-		return f.UnimplementedInferenceServiceServer.ManageVRAM(s)
-	}
-	return f.manageVRAM(s)
-}
-
-func (f *fakeServer) ClearMemory(ctx context.Context, req *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error) {
-	return f.clearMemory(ctx, req)
-}
-
-func (f *fakeServer) GetMemoryStats(ctx context.Context, req *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
-	return f.memoryStats(ctx, req)
-}
-
 // newTestClient serves srv over bufconn and returns a Client connected to it. cfg.Address is
 // set to a loopback name (the bufconn dialer ignores it) unless the test sets one.
-func newTestClient(t *testing.T, srv *fakeServer, cfg Config) *Client {
+func newTestClient(t *testing.T, srv *fakeserver.Server, cfg Config) *Client {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	// Like the adapter: accept the client's keepalive pings, also with no call open.
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
-		MinTime: 5 * time.Second, PermitWithoutStream: true,
-	}))
-	pb.RegisterInferenceServiceServer(gs, srv)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
+	dial := fakeserver.Serve(t, srv)
 
 	if cfg.Address == "" {
 		cfg.Address = "passthrough:///localhost"
@@ -98,9 +34,7 @@ func newTestClient(t *testing.T, srv *fakeServer, cfg Config) *Client {
 	if cfg.Retry == (RetryPolicy{}) {
 		cfg.Retry = fastRetry(DefaultRetryMaxAttempts) // the default attempts, without the waits
 	}
-	c, err := New(cfg, grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-		return lis.DialContext(ctx)
-	}))
+	c, err := New(cfg, dial)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -124,7 +58,7 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 
 func TestChatStreamsChunksInOrderAndReturnsTheResult(t *testing.T) {
 	var got *pb.ChatStreamRequest
-	srv := &fakeServer{chat: func(req *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
+	srv := &fakeserver.Server{OnChat: func(req *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
 		got = req
 		for _, d := range []string{"Hel", "lo", " world"} {
 			if err := s.Send(&pb.ChatStreamResponse{Model: "llm", Delta: d}); err != nil {
@@ -216,7 +150,7 @@ func TestChatStreamsChunksInOrderAndReturnsTheResult(t *testing.T) {
 
 func TestGenerateStreamsChunksAndReturnsTheResult(t *testing.T) {
 	var gotPrompt string
-	srv := &fakeServer{generate: func(req *pb.GenerateStreamRequest, s grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error {
+	srv := &fakeserver.Server{OnGenerate: func(req *pb.GenerateStreamRequest, s grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error {
 		gotPrompt = req.GetPrompt()
 		if err := s.Send(&pb.GenerateStreamResponse{Model: "llm", Delta: " there"}); err != nil {
 			return err
@@ -249,7 +183,7 @@ func TestGenerateStreamsChunksAndReturnsTheResult(t *testing.T) {
 }
 
 func TestNilCallbackStillReturnsTheResult(t *testing.T) {
-	srv := &fakeServer{chat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
+	srv := &fakeserver.Server{OnChat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
 		return s.Send(&pb.ChatStreamResponse{Delta: "hi", Done: true, FinishReason: pb.FinishReason_FINISH_REASON_STOP})
 	}}
 	c := newTestClient(t, srv, Config{})
@@ -281,7 +215,7 @@ func endlessChat(cancelled chan<- struct{}) func(*pb.ChatStreamRequest, grpc.Ser
 
 func TestCallbackErrorStopsTheStreamAndCancelsTheServer(t *testing.T) {
 	cancelled := make(chan struct{})
-	c := newTestClient(t, &fakeServer{chat: endlessChat(cancelled)}, Config{})
+	c := newTestClient(t, &fakeserver.Server{OnChat: endlessChat(cancelled)}, Config{})
 
 	errStop := errors.New("enough")
 	calls := 0
@@ -306,7 +240,7 @@ func TestCallbackErrorStopsTheStreamAndCancelsTheServer(t *testing.T) {
 
 func TestCancellingTheContextCancelsTheServer(t *testing.T) {
 	cancelled := make(chan struct{})
-	c := newTestClient(t, &fakeServer{chat: endlessChat(cancelled)}, Config{})
+	c := newTestClient(t, &fakeserver.Server{OnChat: endlessChat(cancelled)}, Config{})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -338,7 +272,7 @@ func TestDeadlines(t *testing.T) {
 			// The server's context ends either by its own copy of the deadline or by the
 			// client's cancellation, whichever comes first; either way it must end.
 			serverDone := make(chan struct{})
-			srv := &fakeServer{chat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
+			srv := &fakeserver.Server{OnChat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
 				<-s.Context().Done()
 				close(serverDone)
 				return s.Context().Err()
@@ -390,11 +324,11 @@ func TestServerStatusCodesBecomeTypedErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(CodeName(tt.code), func(t *testing.T) {
-			srv := &fakeServer{
-				chat: func(*pb.ChatStreamRequest, grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
+			srv := &fakeserver.Server{
+				OnChat: func(*pb.ChatStreamRequest, grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
 					return status.Error(tt.code, tt.message)
 				},
-				generate: func(_ *pb.GenerateStreamRequest, s grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error {
+				OnGenerate: func(_ *pb.GenerateStreamRequest, s grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error {
 					// An error after some text must still reach the caller.
 					if err := s.Send(&pb.GenerateStreamResponse{Delta: "partial"}); err != nil {
 						return err
@@ -459,7 +393,7 @@ func (e errWrap) Error() string { return "wrapped: " + e.err.Error() }
 func (e errWrap) Unwrap() error { return e.err }
 
 func TestStreamWithoutFinalMessageIsAnError(t *testing.T) {
-	srv := &fakeServer{chat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
+	srv := &fakeserver.Server{OnChat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
 		return s.Send(&pb.ChatStreamResponse{Delta: "cut short"})
 	}}
 	c := newTestClient(t, srv, Config{})
@@ -481,7 +415,7 @@ func TestAPIKeyIsSentAsMetadata(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var mu sync.Mutex
 			var got []string
-			srv := &fakeServer{chat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
+			srv := &fakeserver.Server{OnChat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
 				md, _ := metadata.FromIncomingContext(s.Context())
 				mu.Lock()
 				got = md.Get("x-api-key")

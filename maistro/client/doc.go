@@ -82,7 +82,7 @@
 //
 // Requests and responses are plain Go types rather than the generated protobuf messages, so
 // that callers deal in time.Duration, string enums and nil-for-unset options; the generated
-// package (grpc/inference) stays an implementation detail that can change with the proto.
+// package (internal/gen/inference) stays an implementation detail that can change with the proto.
 //
 // Errors that the server sends are *Error values carrying the gRPC code and the server's
 // message; IsNotFound, IsInvalidArgument and the other IsX helpers test them.

@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	"github.com/inference-platform/maistro/internal/fakeserver"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -33,7 +34,7 @@ func embedReply(dim int) func(context.Context, *pb.GetEmbeddingRequest) (*pb.Get
 
 func TestEmbedSendsTheRequestAndMapsTheResponse(t *testing.T) {
 	var got *pb.GetEmbeddingRequest
-	srv := &fakeServer{embed: func(_ context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+	srv := &fakeserver.Server{OnEmbed: func(_ context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
 		got = req
 		return &pb.GetEmbeddingResponse{
 			Model:     "embedding",
@@ -79,7 +80,7 @@ func TestEmbedSendsTheRequestAndMapsTheResponse(t *testing.T) {
 func TestEmbedLeavesUnsetFieldsUnset(t *testing.T) {
 	var got *pb.GetEmbeddingRequest
 	reply := embedReply(2)
-	srv := &fakeServer{embed: func(ctx context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+	srv := &fakeserver.Server{OnEmbed: func(ctx context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
 		got = req
 		return reply(ctx, req)
 	}}
@@ -105,7 +106,7 @@ func TestEmbedServerErrorsBecomeTypedErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(CodeName(tt.code), func(t *testing.T) {
-			srv := &fakeServer{embed: func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+			srv := &fakeserver.Server{OnEmbed: func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
 				return nil, status.Error(tt.code, tt.message)
 			}}
 			c := newTestClient(t, srv, Config{})
@@ -129,7 +130,7 @@ func TestEmbedServerErrorsBecomeTypedErrors(t *testing.T) {
 
 func TestEmbedRequestTimeout(t *testing.T) {
 	serverDone := make(chan struct{})
-	srv := &fakeServer{embed: func(ctx context.Context, _ *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+	srv := &fakeserver.Server{OnEmbed: func(ctx context.Context, _ *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
 		<-ctx.Done()
 		close(serverDone)
 		return nil, ctx.Err()
@@ -170,7 +171,7 @@ func TestEmbedRejectsResponsesThatBreakTheContract(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := &fakeServer{embed: func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+			srv := &fakeserver.Server{OnEmbed: func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
 				return tt.resp, nil
 			}}
 			c := newTestClient(t, srv, Config{})
@@ -186,7 +187,7 @@ func TestEmbedRejectsResponsesThatBreakTheContract(t *testing.T) {
 }
 
 func TestEmbedNilRequest(t *testing.T) {
-	c := newTestClient(t, &fakeServer{}, Config{})
+	c := newTestClient(t, &fakeserver.Server{}, Config{})
 	if _, err := c.Embed(context.Background(), nil); err == nil {
 		t.Fatal("Embed(nil) succeeded")
 	}

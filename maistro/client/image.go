@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"

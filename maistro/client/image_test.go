@@ -10,7 +10,8 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	"github.com/inference-platform/maistro/internal/fakeserver"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -66,7 +67,7 @@ func TestGenerateImageSendsTheRequest(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got *pb.GenerateImageRequest
-			c := newTestClient(t, &fakeServer{generateImage: acceptJob(&got)}, Config{})
+			c := newTestClient(t, &fakeserver.Server{OnGenerateImage: acceptJob(&got)}, Config{})
 			id, err := c.GenerateImage(context.Background(), tt.req)
 			if err != nil || id != "job-1" {
 				t.Fatalf("GenerateImage = %q, %v; want job-1", id, err)
@@ -118,7 +119,7 @@ func TestEditImageSendsTheRequest(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got *pb.EditImageRequest
-			srv := &fakeServer{editImage: func(_ context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
+			srv := &fakeserver.Server{OnEditImage: func(_ context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
 				got = req
 				return &pb.EditImageResponse{JobId: "job-2"}, nil
 			}}
@@ -152,14 +153,14 @@ func TestImageCallsMapServerErrorsToTypedErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(CodeName(tt.code), func(t *testing.T) {
 			fail := status.Error(tt.code, tt.message)
-			srv := &fakeServer{
-				generateImage: func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
+			srv := &fakeserver.Server{
+				OnGenerateImage: func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
 					return nil, fail
 				},
-				editImage: func(context.Context, *pb.EditImageRequest) (*pb.EditImageResponse, error) {
+				OnEditImage: func(context.Context, *pb.EditImageRequest) (*pb.EditImageResponse, error) {
 					return nil, fail
 				},
-				imageStatus: func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
+				OnImageStatus: func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
 					return nil, fail
 				},
 			}
@@ -251,7 +252,7 @@ func TestWaitForImageReportsProgressAndReturnsTheImages(t *testing.T) {
 	script := &statusScript{id: "job-1", script: []*pb.CheckImageStatusResponse{
 		queued, queued, running(0, 2), running(1, 2), running(1, 2), running(2, 2), done,
 	}}
-	c := newTestClient(t, &fakeServer{imageStatus: script.handle}, Config{})
+	c := newTestClient(t, &fakeserver.Server{OnImageStatus: script.handle}, Config{})
 
 	var seen []string
 	job, err := c.WaitForImage(context.Background(), "job-1", time.Millisecond, func(j *ImageJob) {
@@ -284,7 +285,7 @@ func TestWaitForImageWithoutProgressCallback(t *testing.T) {
 	script := &statusScript{id: "job-1", script: []*pb.CheckImageStatusResponse{
 		running(1, 2), {JobId: "job-1", State: pb.JobState_JOB_STATE_SUCCEEDED, Images: []*pb.Image{{Png: []byte("p")}}},
 	}}
-	c := newTestClient(t, &fakeServer{imageStatus: script.handle}, Config{})
+	c := newTestClient(t, &fakeserver.Server{OnImageStatus: script.handle}, Config{})
 	job, err := c.WaitForImage(context.Background(), "job-1", 0, nil) // 0: DefaultPollInterval
 	if err != nil || job.State != JobStateSucceeded || len(job.Images) != 1 {
 		t.Fatalf("WaitForImage = %+v, %v", job, err)
@@ -299,7 +300,7 @@ func TestWaitForImageFailedJobReturnsTheJobAndAJobFailedError(t *testing.T) {
 			ErrorMessage: "CUDA out of memory", CreatedAt: timestamppb.New(created), FinishedAt: timestamppb.New(finished),
 		},
 	}}
-	c := newTestClient(t, &fakeServer{imageStatus: script.handle}, Config{})
+	c := newTestClient(t, &fakeserver.Server{OnImageStatus: script.handle}, Config{})
 
 	var last *ImageJob
 	job, err := c.WaitForImage(context.Background(), "job-1", time.Millisecond, func(j *ImageJob) { last = j })
@@ -342,7 +343,7 @@ func TestJobFailedErrorText(t *testing.T) {
 
 func TestImageStatusOfAnUnknownJobIsNotFound(t *testing.T) {
 	script := &statusScript{id: "job-1", script: []*pb.CheckImageStatusResponse{running(0, 1)}}
-	c := newTestClient(t, &fakeServer{imageStatus: script.handle}, Config{})
+	c := newTestClient(t, &fakeserver.Server{OnImageStatus: script.handle}, Config{})
 	for name, call := range map[string]func() error{
 		"ImageStatus": func() error { _, err := c.ImageStatus(context.Background(), "nope"); return err },
 		"WaitForImage": func() error {
@@ -381,7 +382,7 @@ func TestWaitForImageStopsWhenTheContextEnds(t *testing.T) {
 					return nil, ctx.Err()
 				}
 			}
-			c := newTestClient(t, &fakeServer{imageStatus: handle}, Config{})
+			c := newTestClient(t, &fakeserver.Server{OnImageStatus: handle}, Config{})
 
 			var (
 				ctx    context.Context
@@ -426,7 +427,7 @@ func TestWaitForImageStopsWhenTheContextEnds(t *testing.T) {
 
 func TestImageStatusReceivesImagesOverFourMiB(t *testing.T) {
 	big := bytes.Repeat([]byte{0xAB}, 6<<20) // more than gRPC's default 4 MiB receive limit
-	srv := &fakeServer{imageStatus: func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
+	srv := &fakeserver.Server{OnImageStatus: func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
 		return &pb.CheckImageStatusResponse{
 			JobId: "job-1", State: pb.JobState_JOB_STATE_SUCCEEDED,
 			Images: []*pb.Image{{Png: big, Width: 2048, Height: 2048}},
@@ -446,14 +447,14 @@ func TestImageStatusReceivesImagesOverFourMiB(t *testing.T) {
 }
 
 func TestImageResponsesThatBreakTheContract(t *testing.T) {
-	srv := &fakeServer{
-		generateImage: func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
+	srv := &fakeserver.Server{
+		OnGenerateImage: func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
 			return &pb.GenerateImageResponse{}, nil
 		},
-		editImage: func(context.Context, *pb.EditImageRequest) (*pb.EditImageResponse, error) {
+		OnEditImage: func(context.Context, *pb.EditImageRequest) (*pb.EditImageResponse, error) {
 			return &pb.EditImageResponse{}, nil
 		},
-		imageStatus: func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
+		OnImageStatus: func(context.Context, *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
 			return &pb.CheckImageStatusResponse{JobId: "someone-else", State: pb.JobState_JOB_STATE_RUNNING}, nil
 		},
 	}
@@ -487,7 +488,7 @@ func TestImageResponsesThatBreakTheContract(t *testing.T) {
 }
 
 func TestImageCallsRejectNilRequests(t *testing.T) {
-	c := newTestClient(t, &fakeServer{}, Config{})
+	c := newTestClient(t, &fakeserver.Server{}, Config{})
 	if _, err := c.GenerateImage(context.Background(), nil); err == nil {
 		t.Error("GenerateImage(nil) succeeded")
 	}
@@ -520,8 +521,8 @@ func TestJobStateFromProto(t *testing.T) {
 func TestImageRetriesCarryTheSameRequestIDAndEachCallItsOwn(t *testing.T) {
 	var mu sync.Mutex
 	var ids []string
-	srv := &fakeServer{
-		generateImage: func(_ context.Context, req *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
+	srv := &fakeserver.Server{
+		OnGenerateImage: func(_ context.Context, req *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			ids = append(ids, req.GetRequestId())
@@ -530,7 +531,7 @@ func TestImageRetriesCarryTheSameRequestIDAndEachCallItsOwn(t *testing.T) {
 			}
 			return &pb.GenerateImageResponse{JobId: "job-" + req.GetRequestId()}, nil
 		},
-		editImage: func(_ context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
+		OnEditImage: func(_ context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			ids = append(ids, req.GetRequestId())
@@ -553,7 +554,7 @@ func TestImageRetriesCarryTheSameRequestIDAndEachCallItsOwn(t *testing.T) {
 }
 
 func TestAUsedRequestIDIsAlreadyExists(t *testing.T) {
-	srv := &fakeServer{generateImage: func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
+	srv := &fakeserver.Server{OnGenerateImage: func(context.Context, *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
 		return nil, status.Error(codes.AlreadyExists, "request_id \"r\" was already used by a different request")
 	}}
 	c := newTestClient(t, srv, Config{})

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -227,31 +227,4 @@ func modelStateFromProto(s pb.ModelState) ModelState {
 	}
 	// A state added to the proto after this client was built: keep its name rather than drop it.
 	return ModelState(strings.ToLower(strings.TrimPrefix(s.String(), "MODEL_STATE_")))
-}
-
-func modelEventFromProto(m *pb.ModelEvent) *ModelEvent {
-	return &ModelEvent{
-		Model:       m.GetModel(),
-		Kind:        modelEventKindFromProto(m.GetKind()),
-		Reason:      m.GetReason(),
-		MemoryBytes: m.GetMemoryBytes(),
-		At:          timeFromProto(m.GetAt()),
-	}
-}
-
-func modelEventKindFromProto(k pb.ModelEventKind) ModelEventKind {
-	switch k {
-	case pb.ModelEventKind_MODEL_EVENT_KIND_UNSPECIFIED:
-		return ""
-	case pb.ModelEventKind_MODEL_EVENT_KIND_LOADED:
-		return ModelLoaded
-	case pb.ModelEventKind_MODEL_EVENT_KIND_UNLOADED:
-		return ModelUnloaded
-	case pb.ModelEventKind_MODEL_EVENT_KIND_EVICTED:
-		return ModelEvicted
-	case pb.ModelEventKind_MODEL_EVENT_KIND_LOAD_FAILED:
-		return ModelLoadFailed
-	}
-	// A kind added to the proto after this client was built: keep its name rather than drop it.
-	return ModelEventKind(strings.ToLower(strings.TrimPrefix(k.String(), "MODEL_EVENT_KIND_")))
 }

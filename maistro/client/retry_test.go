@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	"github.com/inference-platform/maistro/internal/fakeserver"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -43,7 +44,7 @@ func TestUnaryCallsAreRetriedOnUnavailableOnly(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var calls atomic.Int32
-			srv := &fakeServer{memoryStats: func(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
+			srv := &fakeserver.Server{OnMemoryStats: func(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
 				if n := calls.Add(1); int(n) <= tt.failures {
 					return nil, status.Errorf(tt.code, "attempt %d failed", n)
 				}
@@ -87,7 +88,7 @@ func TestChatIsRetriedBeforeItsFirstChunkNeverAfter(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var calls atomic.Int32
-			srv := &fakeServer{chat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
+			srv := &fakeserver.Server{OnChat: func(_ *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
 				failing := int(calls.Add(1)) <= tt.failures
 				deltas := []string{"a", "b"}
 				for i, d := range deltas {
@@ -156,7 +157,7 @@ func TestRetryBackoffGrowsWithJitterUpToTheMax(t *testing.T) {
 
 func TestRetryGivesUpWhenTheContextEnds(t *testing.T) {
 	var calls atomic.Int32
-	srv := &fakeServer{embed: func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+	srv := &fakeserver.Server{OnEmbed: func(context.Context, *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
 		calls.Add(1)
 		return nil, status.Error(codes.Unavailable, "down")
 	}}

@@ -11,7 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	"github.com/inference-platform/maistro/internal/fakeserver"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"github.com/inference-platform/maistro/internal/testcerts"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -22,15 +23,7 @@ import (
 // serveTCP serves srv on a loopback TCP port with the given server options and returns the port.
 func serveTCP(t *testing.T, srv pb.InferenceServiceServer, opts ...grpc.ServerOption) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(opts...)
-	pb.RegisterInferenceServiceServer(gs, srv)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	_, port, _ := net.SplitHostPort(lis.Addr().String())
+	_, port, _ := net.SplitHostPort(fakeserver.ServeTCP(t, srv, opts...))
 	return port
 }
 
@@ -82,7 +75,7 @@ func TestTLS(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var sawKey atomic.Value
 			var sawClientCN atomic.Value
-			srv := &fakeServer{memoryStats: func(ctx context.Context, _ *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
+			srv := &fakeserver.Server{OnMemoryStats: func(ctx context.Context, _ *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
 				md, _ := metadata.FromIncomingContext(ctx)
 				sawKey.Store(strings.Join(md.Get(APIKeyHeader), ","))
 				if p, ok := peer.FromContext(ctx); ok {
@@ -177,7 +170,7 @@ func TestSeveralAddressesAreBalancedRoundRobin(t *testing.T) {
 	var counts [3]atomic.Int32
 	var addrs []string
 	for i := range counts {
-		srv := &fakeServer{memoryStats: func(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
+		srv := &fakeserver.Server{OnMemoryStats: func(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
 			counts[i].Add(1)
 			return &pb.GetMemoryStatsResponse{Snapshot: &pb.MemorySnapshot{}}, nil
 		}}

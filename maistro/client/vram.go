@@ -7,11 +7,12 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -354,4 +355,35 @@ drain:
 	for _, e := range held {
 		s.events <- e
 	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions from inference.v1
+// ---------------------------------------------------------------------------------------------
+
+func modelEventFromProto(m *pb.ModelEvent) *ModelEvent {
+	return &ModelEvent{
+		Model:       m.GetModel(),
+		Kind:        modelEventKindFromProto(m.GetKind()),
+		Reason:      m.GetReason(),
+		MemoryBytes: m.GetMemoryBytes(),
+		At:          timeFromProto(m.GetAt()),
+	}
+}
+
+func modelEventKindFromProto(k pb.ModelEventKind) ModelEventKind {
+	switch k {
+	case pb.ModelEventKind_MODEL_EVENT_KIND_UNSPECIFIED:
+		return ""
+	case pb.ModelEventKind_MODEL_EVENT_KIND_LOADED:
+		return ModelLoaded
+	case pb.ModelEventKind_MODEL_EVENT_KIND_UNLOADED:
+		return ModelUnloaded
+	case pb.ModelEventKind_MODEL_EVENT_KIND_EVICTED:
+		return ModelEvicted
+	case pb.ModelEventKind_MODEL_EVENT_KIND_LOAD_FAILED:
+		return ModelLoadFailed
+	}
+	// A kind added to the proto after this client was built: keep its name rather than drop it.
+	return ModelEventKind(strings.ToLower(strings.TrimPrefix(k.String(), "MODEL_EVENT_KIND_")))
 }

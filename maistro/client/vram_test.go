@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	"github.com/inference-platform/maistro/internal/fakeserver"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -179,7 +180,7 @@ func TestVRAMSessionCommandsSendTheirCommandAndGetTheirResult(t *testing.T) {
 			var got []*pb.ManageVRAMRequest
 			var mu sync.Mutex
 			// Every answer comes between an event and a snapshot, which must not disturb it.
-			srv := &fakeServer{manageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
+			srv := &fakeserver.Server{OnManageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
 				mu.Lock()
 				got = append(got, req)
 				mu.Unlock()
@@ -223,7 +224,7 @@ func TestVRAMSessionMatchesConcurrentCommandsToTheirResults(t *testing.T) {
 	const n = 20
 	// The server waits for all n commands, then answers them in reverse order, an event between
 	// two answers: Pin of an odd model fails with the model's name in the message.
-	srv := &fakeServer{manageVRAM: func(s vramStream) error {
+	srv := &fakeserver.Server{OnManageVRAM: func(s vramStream) error {
 		fs := &fakeSession{stream: s}
 		var reqs []*pb.ManageVRAMRequest
 		for len(reqs) < n {
@@ -285,7 +286,7 @@ func TestVRAMSessionErrorResultsBecomeTypedErrorsAndTheSessionGoesOn(t *testing.
 		{"SOMETHING_NEW", "a code from the future", codes.Unknown, "UNKNOWN: a code from the future"},
 	}
 	// The model named in Load is the code the server answers with, and its message follows.
-	srv := &fakeServer{manageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
+	srv := &fakeserver.Server{OnManageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
 		if req.GetGetStatus() != nil {
 			return fs.send(statusResult(req.GetCommandId(), 1))
 		}
@@ -328,7 +329,7 @@ func TestVRAMSessionSubscribeDeliversSnapshots(t *testing.T) {
 	)
 	// On subscribe the server pushes a snapshot every interval (budgets 1, 2, 3...) until the
 	// next subscribe.
-	srv := &fakeServer{manageVRAM: func(s vramStream) error {
+	srv := &fakeserver.Server{OnManageVRAM: func(s vramStream) error {
 		fs := &fakeSession{stream: s}
 		var stop chan struct{}
 		for {
@@ -411,7 +412,7 @@ func TestVRAMSessionEndedByTheServerFailsPendingCommandsAndClosesEvents(t *testi
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// The first command gets an event, then the end of the stream, and no answer.
-			srv := &fakeServer{manageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
+			srv := &fakeserver.Server{OnManageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
 				if err := fs.send(modelEvent("llm", pb.ModelEventKind_MODEL_EVENT_KIND_UNLOADED)); err != nil {
 					return err
 				}
@@ -483,7 +484,7 @@ func TestVRAMSessionCommandContext(t *testing.T) {
 			// late answer first (for a command that gave up), then its own.
 			started := make(chan struct{}, 1)
 			var late string
-			srv := &fakeServer{manageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
+			srv := &fakeserver.Server{OnManageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
 				if req.GetLoad().GetModel() == "slow" {
 					late = req.GetCommandId()
 					started <- struct{}{}
@@ -514,7 +515,7 @@ func TestVRAMSessionCommandContext(t *testing.T) {
 func TestVRAMSessionClose(t *testing.T) {
 	serverDone := make(chan struct{})
 	received := make(chan struct{}, 1)
-	srv := &fakeServer{manageVRAM: func(s vramStream) error {
+	srv := &fakeserver.Server{OnManageVRAM: func(s vramStream) error {
 		defer close(serverDone)
 		if _, err := s.Recv(); err != nil { // a command it never answers
 			return err
@@ -559,7 +560,7 @@ func TestVRAMSessionClose(t *testing.T) {
 }
 
 func TestVRAMSessionEndsWithItsContext(t *testing.T) {
-	srv := &fakeServer{manageVRAM: func(s vramStream) error {
+	srv := &fakeserver.Server{OnManageVRAM: func(s vramStream) error {
 		<-s.Context().Done()
 		return nil
 	}}
@@ -578,7 +579,7 @@ func TestVRAMSessionEndsWithItsContext(t *testing.T) {
 }
 
 func TestVRAMSessionOnAServerWithoutTheRPC(t *testing.T) {
-	s := openSession(t, newTestClient(t, &fakeServer{}, Config{}))
+	s := openSession(t, newTestClient(t, &fakeserver.Server{}, Config{}))
 	if err := s.Load(context.Background(), "llm"); status.Code(err) != codes.Unimplemented {
 		t.Fatalf("Load: %v, want UNIMPLEMENTED", err)
 	}
@@ -635,7 +636,7 @@ func TestVRAMSessionNeverWaitsForASlowConsumer(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// Status gets everything pushed before its answer; nobody reads Events meanwhile.
-			srv := &fakeServer{manageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
+			srv := &fakeserver.Server{OnManageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
 				return fs.send(append(tt.push, statusResult(req.GetCommandId(), 1))...)
 			})}
 			s := openSession(t, newTestClient(t, srv, Config{}))
@@ -655,7 +656,7 @@ func TestVRAMSessionNeverWaitsForASlowConsumer(t *testing.T) {
 }
 
 func TestVRAMSessionStatusWithoutSnapshotBreaksTheContract(t *testing.T) {
-	srv := &fakeServer{manageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
+	srv := &fakeserver.Server{OnManageVRAM: serveSession(func(fs *fakeSession, req *pb.ManageVRAMRequest) error {
 		return fs.send(okResult(req.GetCommandId()))
 	})}
 	s := openSession(t, newTestClient(t, srv, Config{}))
@@ -719,7 +720,7 @@ func TestMemoryStats(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := &fakeServer{memoryStats: func(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
+			srv := &fakeserver.Server{OnMemoryStats: func(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
 				return tt.resp, tt.err
 			}}
 			got, err := newTestClient(t, srv, Config{}).MemoryStats(context.Background())
@@ -777,7 +778,7 @@ func TestClearMemory(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got *pb.ClearMemoryRequest
-			srv := &fakeServer{clearMemory: func(_ context.Context, req *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error) {
+			srv := &fakeserver.Server{OnClearMemory: func(_ context.Context, req *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error) {
 				got = req
 				return tt.resp, nil
 			}}
@@ -797,7 +798,7 @@ func TestClearMemory(t *testing.T) {
 
 func TestClearMemoryErrorsAndDeadline(t *testing.T) {
 	var deadline time.Duration
-	srv := &fakeServer{clearMemory: func(ctx context.Context, req *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error) {
+	srv := &fakeserver.Server{OnClearMemory: func(ctx context.Context, req *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error) {
 		if d, ok := ctx.Deadline(); ok {
 			deadline = time.Until(d)
 		}

@@ -47,52 +47,49 @@ func newBenchChatCommand(g *globalFlags) *cobra.Command {
 			if requests < 1 || warmup < 0 {
 				return errors.New("--requests must be at least 1 and --warmup not negative")
 			}
-			c, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			req := &client.ChatRequest{
-				Model:    model,
-				Messages: []client.Message{{Role: client.RoleUser, Content: content}},
-				Options:  client.Options{MaxTokens: &maxTokens},
-			}
-			counted := model == "chunk_counter"
-			res := benchChatResult{Client: "go"}
-			for i := range warmup + requests {
-				var (
-					first            time.Duration
-					messages, chunks int
-				)
-				start := time.Now()
-				_, err := c.Chat(cmd.Context(), req, func(ch client.ChatChunk) error {
-					messages++
-					if ch.Delta == "" {
+			return g.withClient(cmd, func(c *client.Client) error {
+				req := &client.ChatRequest{
+					Model:    model,
+					Messages: []client.Message{{Role: client.RoleUser, Content: content}},
+					Options:  client.Options{MaxTokens: &maxTokens},
+				}
+				counted := model == "chunk_counter"
+				res := benchChatResult{Client: "go"}
+				for i := range warmup + requests {
+					var (
+						first            time.Duration
+						messages, chunks int
+					)
+					start := time.Now()
+					_, err := c.Chat(cmd.Context(), req, func(ch client.ChatChunk) error {
+						messages++
+						if ch.Delta == "" {
+							return nil
+						}
+						if first == 0 {
+							first = time.Since(start)
+						}
+						if counted {
+							chunks += strings.Count(ch.Delta, ",")
+						} else {
+							chunks++
+						}
 						return nil
+					})
+					total := time.Since(start)
+					if err != nil {
+						return err
 					}
-					if first == 0 {
-						first = time.Since(start)
+					if i < warmup {
+						continue
 					}
-					if counted {
-						chunks += strings.Count(ch.Delta, ",")
-					} else {
-						chunks++
-					}
-					return nil
-				})
-				total := time.Since(start)
-				if err != nil {
-					return err
+					res.TTFCSeconds = append(res.TTFCSeconds, first.Seconds())
+					res.TotalSeconds = append(res.TotalSeconds, total.Seconds())
+					res.Messages = append(res.Messages, messages)
+					res.Chunks = append(res.Chunks, chunks)
 				}
-				if i < warmup {
-					continue
-				}
-				res.TTFCSeconds = append(res.TTFCSeconds, first.Seconds())
-				res.TotalSeconds = append(res.TotalSeconds, total.Seconds())
-				res.Messages = append(res.Messages, messages)
-				res.Chunks = append(res.Chunks, chunks)
-			}
-			return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
+			})
 		},
 	}
 	f := cmd.Flags()

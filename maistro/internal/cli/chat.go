@@ -57,21 +57,17 @@ func newChatCommand(g *globalFlags) *cobra.Command {
 				}
 			}
 			cmd.SilenceUsage = true
-			c, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-
-			s := &chatSession{cmd: cmd, g: g, f: f, c: c}
-			if system != "" {
-				s.system = &client.Message{Role: client.RoleSystem, Content: system}
-			}
-			if !repl {
-				_, err := s.turn(first)
-				return err
-			}
-			return s.converse(first, stdin)
+			return g.withClient(cmd, func(c *client.Client) error {
+				s := &chatSession{cmd: cmd, g: g, f: f, c: c}
+				if system != "" {
+					s.system = &client.Message{Role: client.RoleSystem, Content: system}
+				}
+				if !repl {
+					_, err := s.turn(first)
+					return err
+				}
+				return s.converse(first, stdin)
+			})
 		},
 	}
 	addGenerationFlags(cmd, f)
@@ -102,7 +98,7 @@ func (s *chatSession) turn(content string) (*client.ChatResult, error) {
 	msgs = append(msgs, client.Message{Role: client.RoleUser, Content: content})
 	req := &client.ChatRequest{
 		Model: s.f.model, Messages: msgs,
-		Options: s.f.options(s.cmd), KeepAlive: s.f.keepAliveOption(s.cmd),
+		Options: s.f.options(s.cmd), KeepAlive: s.f.keepAlive.option(s.cmd),
 	}
 	p := s.g.newPrinter(s.cmd)
 	start := time.Now()

@@ -56,7 +56,7 @@ type generationFlags struct {
 	topK        int32
 	seed        uint64
 	stop        []string
-	keepAlive   time.Duration
+	keepAlive   keepAliveFlag
 }
 
 func newRootCommand() *cobra.Command {
@@ -94,7 +94,7 @@ func addGenerationFlags(cmd *cobra.Command, f *generationFlags) {
 	flags.Int32Var(&f.topK, "top-k", 0, "top-k filtering; 0 disables it (default: the model's)")
 	flags.Uint64Var(&f.seed, "seed", 0, "sampling seed, for reproducible output (default: random)")
 	flags.StringArrayVar(&f.stop, "stop", nil, "stop sequence (repeatable)")
-	flags.DurationVar(&f.keepAlive, "keep-alive", 0, "how long the model stays loaded afterwards; negative: forever (default: the server's)")
+	f.keepAlive.add(cmd)
 }
 
 // options turns the flags that were given into client.Options; flags left out stay nil so that
@@ -121,11 +121,23 @@ func (f *generationFlags) options(cmd *cobra.Command) client.Options {
 	return o
 }
 
-func (f *generationFlags) keepAliveOption(cmd *cobra.Command) *time.Duration {
+// keepAliveFlag is the --keep-alive flag of the commands that run a model (chat, generate,
+// embed, image generate and image edit).
+type keepAliveFlag time.Duration
+
+// add registers the flag on cmd.
+func (k *keepAliveFlag) add(cmd *cobra.Command) {
+	cmd.Flags().DurationVar((*time.Duration)(k), "keep-alive", 0,
+		"how long the model stays loaded afterwards; negative: forever (default: the server's)")
+}
+
+// option returns the request's KeepAlive: the flag's value, or nil when the flag was not given
+// so that the server's default applies.
+func (k *keepAliveFlag) option(cmd *cobra.Command) *time.Duration {
 	if !cmd.Flags().Changed("keep-alive") {
 		return nil
 	}
-	return &f.keepAlive
+	return (*time.Duration)(k)
 }
 
 func newGenerateCommand(g *globalFlags) *cobra.Command {
@@ -136,26 +148,22 @@ func newGenerateCommand(g *globalFlags) *cobra.Command {
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cmd.SilenceUsage = true
-			c, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-
-			req := &client.GenerateRequest{
-				Model: f.model, Prompt: strings.Join(args, " "),
-				Options: f.options(cmd), KeepAlive: f.keepAliveOption(cmd),
-			}
-			p := g.newPrinter(cmd)
-			start := time.Now()
-			res, err := c.Generate(cmd.Context(), req, func(ch client.GenerateChunk) error {
-				return p.chunk(ch, ch.Delta)
+			return g.withClient(cmd, func(c *client.Client) error {
+				req := &client.GenerateRequest{
+					Model: f.model, Prompt: strings.Join(args, " "),
+					Options: f.options(cmd), KeepAlive: f.keepAlive.option(cmd),
+				}
+				p := g.newPrinter(cmd)
+				start := time.Now()
+				res, err := c.Generate(cmd.Context(), req, func(ch client.GenerateChunk) error {
+					return p.chunk(ch, ch.Delta)
+				})
+				if err != nil {
+					p.abort()
+					return err
+				}
+				return p.result(res, summary{res.Model, res.FinishReason, res.Usage, res.Timings, time.Since(start)})
 			})
-			if err != nil {
-				p.abort()
-				return err
-			}
-			return p.result(res, summary{res.Model, res.FinishReason, res.Usage, res.Timings, time.Since(start)})
 		},
 	}
 	addGenerationFlags(cmd, f)
@@ -172,7 +180,7 @@ func newEmbedCommand(g *globalFlags) *cobra.Command {
 	var (
 		model     string
 		normalize bool
-		keepAlive time.Duration
+		keepAlive keepAliveFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "embed [flags] TEXT...",
@@ -184,29 +192,35 @@ func newEmbedCommand(g *globalFlags) *cobra.Command {
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cmd.SilenceUsage = true
-			c, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-
-			req := &client.EmbedRequest{Model: model, Inputs: args, Normalize: normalize}
-			if cmd.Flags().Changed("keep-alive") {
-				req.KeepAlive = &keepAlive
-			}
-			start := time.Now()
-			res, err := c.Embed(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			return g.newPrinter(cmd).embeddings(res, time.Since(start))
+			return g.withClient(cmd, func(c *client.Client) error {
+				req := &client.EmbedRequest{
+					Model: model, Inputs: args, Normalize: normalize, KeepAlive: keepAlive.option(cmd),
+				}
+				start := time.Now()
+				res, err := c.Embed(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				return g.newPrinter(cmd).embeddings(res, time.Since(start))
+			})
 		},
 	}
 	flags := cmd.Flags()
 	flags.StringVar(&model, "model", defaultEmbeddingModel, "embedding model name as the server serves it")
 	flags.BoolVar(&normalize, "normalize", false, "scale each vector to unit L2 norm")
-	flags.DurationVar(&keepAlive, "keep-alive", 0, "how long the model stays loaded afterwards; negative: forever (default: the server's)")
+	keepAlive.add(cmd)
 	return cmd
+}
+
+// withClient connects (see connect), runs fn with the client and closes it when fn returns:
+// every command that talks to the server goes through here.
+func (g *globalFlags) withClient(cmd *cobra.Command, fn func(*client.Client) error) error {
+	c, err := g.connect(cmd)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return fn(c)
 }
 
 // connect loads the configuration, applies --address and makes the client.

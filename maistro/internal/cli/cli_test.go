@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -14,18 +13,19 @@ import (
 	"time"
 
 	"github.com/inference-platform/maistro/client"
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	"github.com/inference-platform/maistro/internal/fakeserver"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// fakeServer answers every chat and generate with the same reply, every embed with embedDim
-// values per input, image jobs as image_test.go describes and the memory RPCs as
-// memory_test.go does, or with err when it is set; it remembers the last request.
+// fakeServer is the CLI tests' model of a server, served as a fakeserver.Server by serve: it
+// answers every chat and generate with the same reply, every embed with embedDim values per
+// input, image jobs as image_test.go describes and the memory RPCs as memory_test.go does, or
+// with err when it is set; it remembers the last request.
 type fakeServer struct {
-	pb.UnimplementedInferenceServiceServer
 	err error
 	// jobFailure, when set, makes every image job fail with this message.
 	jobFailure string
@@ -47,7 +47,7 @@ const embedDim = 8
 
 var reply = []string{"Hello", ", ", "world"}
 
-func (f *fakeServer) ChatStream(req *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
+func (f *fakeServer) chat(req *pb.ChatStreamRequest, s grpc.ServerStreamingServer[pb.ChatStreamResponse]) error {
 	f.mu.Lock()
 	f.lastChat = req
 	f.mu.Unlock()
@@ -65,7 +65,7 @@ func (f *fakeServer) ChatStream(req *pb.ChatStreamRequest, s grpc.ServerStreamin
 	})
 }
 
-func (f *fakeServer) GenerateStream(req *pb.GenerateStreamRequest, s grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error {
+func (f *fakeServer) generate(req *pb.GenerateStreamRequest, s grpc.ServerStreamingServer[pb.GenerateStreamResponse]) error {
 	f.mu.Lock()
 	f.lastGen = req
 	f.mu.Unlock()
@@ -81,9 +81,9 @@ func (f *fakeServer) GenerateStream(req *pb.GenerateStreamRequest, s grpc.Server
 	})
 }
 
-// GetEmbedding gives input i the vector (i+1)*[0.5, -0.25, 0.125, ...], halving and flipping
+// embed gives input i the vector (i+1)*[0.5, -0.25, 0.125, ...], halving and flipping
 // the sign at each step, and counts one token per word.
-func (f *fakeServer) GetEmbedding(_ context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
+func (f *fakeServer) embed(_ context.Context, req *pb.GetEmbeddingRequest) (*pb.GetEmbeddingResponse, error) {
 	f.mu.Lock()
 	f.lastEmbed = req
 	f.mu.Unlock()
@@ -112,15 +112,17 @@ func (f *fakeServer) GetEmbedding(_ context.Context, req *pb.GetEmbeddingRequest
 // serve starts srv on a loopback TCP port (the CLI dials a real address) and returns it.
 func serve(t *testing.T, srv *fakeServer) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	pb.RegisterInferenceServiceServer(gs, srv)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	return lis.Addr().String()
+	return fakeserver.ServeTCP(t, &fakeserver.Server{
+		OnChat:          srv.chat,
+		OnGenerate:      srv.generate,
+		OnEmbed:         srv.embed,
+		OnGenerateImage: srv.generateImage,
+		OnEditImage:     srv.editImage,
+		OnImageStatus:   srv.imageStatus,
+		OnManageVRAM:    srv.manageVRAM,
+		OnClearMemory:   srv.clearMemory,
+		OnMemoryStats:   srv.memoryStats,
+	})
 }
 
 // run runs the CLI and returns its exit code, stdout and stderr. The process environment must

@@ -28,7 +28,7 @@ type imageFlags struct {
 	guidance      float32
 	seed          uint64
 	numImages     int32
-	keepAlive     time.Duration
+	keepAlive     keepAliveFlag
 	poll          time.Duration
 	noWait        bool
 	outDir        string
@@ -44,7 +44,7 @@ func addImageFlags(cmd *cobra.Command, f *imageFlags) {
 	flags.Float32Var(&f.guidance, "guidance", 0, "guidance scale: how closely to follow the prompt (default: the model's)")
 	flags.Uint64Var(&f.seed, "seed", 0, "seed, for reproducible pictures (default: random)")
 	flags.Int32Var(&f.numImages, "num-images", 0, "pictures to make (default: 1)")
-	flags.DurationVar(&f.keepAlive, "keep-alive", 0, "how long the model stays loaded afterwards; negative: forever (default: the server's)")
+	f.keepAlive.add(cmd)
 	flags.DurationVar(&f.poll, "poll", client.DefaultPollInterval, "how often to ask for the job's status while waiting")
 	flags.BoolVar(&f.noWait, "no-wait", false, "print the job id and return without waiting (see: maistro image status)")
 	flags.StringVar(&f.outDir, "out-dir", ".", "directory the pictures are saved to, as <job id>-<n>.png")
@@ -62,15 +62,13 @@ func (f *imageFlags) request(cmd *cobra.Command, args []string) client.ImageRequ
 		Height:         f.height,
 		Steps:          f.steps,
 		NumImages:      f.numImages,
+		KeepAlive:      f.keepAlive.option(cmd),
 	}
 	if changed("guidance") {
 		req.GuidanceScale = &f.guidance
 	}
 	if changed("seed") {
 		req.Seed = &f.seed
-	}
-	if changed("keep-alive") {
-		req.KeepAlive = &f.keepAlive
 	}
 	return req
 }
@@ -97,18 +95,14 @@ func newImageGenerateCommand(g *globalFlags) *cobra.Command {
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cmd.SilenceUsage = true
-			c, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-
-			req := f.request(cmd, args)
-			id, err := c.GenerateImage(cmd.Context(), &req)
-			if err != nil {
-				return err
-			}
-			return g.followJob(cmd, c, id, f)
+			return g.withClient(cmd, func(c *client.Client) error {
+				req := f.request(cmd, args)
+				id, err := c.GenerateImage(cmd.Context(), &req)
+				if err != nil {
+					return err
+				}
+				return g.followJob(cmd, c, id, f)
+			})
 		},
 	}
 	addImageFlags(cmd, f)
@@ -141,16 +135,13 @@ func newImageEditCommand(g *globalFlags) *cobra.Command {
 				req.Strength = &strength
 			}
 
-			c, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			id, err := c.EditImage(cmd.Context(), req)
-			if err != nil {
-				return err
-			}
-			return g.followJob(cmd, c, id, f)
+			return g.withClient(cmd, func(c *client.Client) error {
+				id, err := c.EditImage(cmd.Context(), req)
+				if err != nil {
+					return err
+				}
+				return g.followJob(cmd, c, id, f)
+			})
 		},
 	}
 	addImageFlags(cmd, f)
@@ -178,39 +169,35 @@ func newImageStatusCommand(g *globalFlags) *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cmd.SilenceUsage = true
-			c, err := g.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-
-			job, err := c.ImageStatus(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			var paths []string
-			if save {
-				if paths, err = saveImages(outDir, job); err != nil {
+			return g.withClient(cmd, func(c *client.Client) error {
+				job, err := c.ImageStatus(cmd.Context(), args[0])
+				if err != nil {
 					return err
 				}
-			}
-			if g.json {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(jobJSON(job, paths))
-			}
-			var b strings.Builder
-			fmt.Fprintf(&b, "job=%s state=%s step=%d/%d", job.ID, job.State, job.Step, job.TotalSteps)
-			switch job.State {
-			case client.JobStateSucceeded:
-				fmt.Fprintf(&b, " images=%d", len(job.Images))
-			case client.JobStateFailed:
-				fmt.Fprintf(&b, " error=%q", job.Error)
-			}
-			b.WriteByte('\n')
-			for _, p := range paths {
-				b.WriteString(p + "\n")
-			}
-			_, err = io.WriteString(cmd.OutOrStdout(), b.String())
-			return err
+				var paths []string
+				if save {
+					if paths, err = saveImages(outDir, job); err != nil {
+						return err
+					}
+				}
+				if g.json {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(jobJSON(job, paths))
+				}
+				var b strings.Builder
+				fmt.Fprintf(&b, "job=%s state=%s step=%d/%d", job.ID, job.State, job.Step, job.TotalSteps)
+				switch job.State {
+				case client.JobStateSucceeded:
+					fmt.Fprintf(&b, " images=%d", len(job.Images))
+				case client.JobStateFailed:
+					fmt.Fprintf(&b, " error=%q", job.Error)
+				}
+				b.WriteByte('\n')
+				for _, p := range paths {
+					b.WriteString(p + "\n")
+				}
+				_, err = io.WriteString(cmd.OutOrStdout(), b.String())
+				return err
+			})
 		},
 	}
 	flags := cmd.Flags()

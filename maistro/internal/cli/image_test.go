@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/inference-platform/maistro/client"
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -29,7 +29,7 @@ func fakePNG(i int) []byte {
 	return fmt.Appendf(nil, "\x89PNG\r\n\x1a\nfake picture %d", i)
 }
 
-func (f *fakeServer) GenerateImage(_ context.Context, req *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
+func (f *fakeServer) generateImage(_ context.Context, req *pb.GenerateImageRequest) (*pb.GenerateImageResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lastGenImage = req
@@ -40,7 +40,7 @@ func (f *fakeServer) GenerateImage(_ context.Context, req *pb.GenerateImageReque
 	return &pb.GenerateImageResponse{JobId: fakeJobID}, nil
 }
 
-func (f *fakeServer) EditImage(_ context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
+func (f *fakeServer) editImage(_ context.Context, req *pb.EditImageRequest) (*pb.EditImageResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lastEditImage = req
@@ -51,7 +51,7 @@ func (f *fakeServer) EditImage(_ context.Context, req *pb.EditImageRequest) (*pb
 	return &pb.EditImageResponse{JobId: fakeJobID}, nil
 }
 
-func (f *fakeServer) CheckImageStatus(_ context.Context, req *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
+func (f *fakeServer) imageStatus(_ context.Context, req *pb.CheckImageStatusRequest) (*pb.CheckImageStatusResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
@@ -319,7 +319,14 @@ func TestImageGenerateFlagsReachTheServer(t *testing.T) {
 			if code, _, stderr := run(t, args...); code != 0 {
 				t.Fatalf("exit code %d: %s", code, stderr)
 			}
-			if _, got, _ := srv.calls(); !proto.Equal(got, tt.want) {
+			_, got, _ := srv.calls()
+			// Every call carries a request id of its own (client.GenerateImage chooses it).
+			if got.GetRequestId() == "" {
+				t.Errorf("server got no request_id: %v", got)
+			}
+			got = proto.CloneOf(got)
+			got.RequestId = ""
+			if !proto.Equal(got, tt.want) {
 				t.Errorf("server got\n %v\nwant\n %v", got, tt.want)
 			}
 		})
@@ -363,7 +370,14 @@ func TestImageEditSendsTheFiles(t *testing.T) {
 			if code != 0 {
 				t.Fatalf("exit code %d: %s", code, stderr)
 			}
-			if _, _, got := srv.calls(); !proto.Equal(got, tt.want) {
+			_, _, got := srv.calls()
+			// Every call carries a request id of its own (client.EditImage chooses it).
+			if got.GetRequestId() == "" {
+				t.Errorf("server got no request_id: %v", got)
+			}
+			got = proto.CloneOf(got)
+			got.RequestId = ""
+			if !proto.Equal(got, tt.want) {
 				t.Errorf("server got\n %v\nwant\n %v", got, tt.want)
 			}
 			saved := filepath.Join(out, "job-1-0.png")

@@ -32,21 +32,17 @@ func newStatsCommand(g *globalFlags) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SilenceUsage = true
-			c, err := g.connect(cmd)
-			if err != nil {
+			return g.withClient(cmd, func(c *client.Client) error {
+				snap, err := c.MemoryStats(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(snap)
+				}
+				_, err = io.WriteString(cmd.OutOrStdout(), statsTable(snap, now()))
 				return err
-			}
-			defer c.Close()
-
-			snap, err := c.MemoryStats(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(snap)
-			}
-			_, err = io.WriteString(cmd.OutOrStdout(), statsTable(snap, now()))
-			return err
+			})
 		},
 	}
 }
@@ -65,22 +61,18 @@ func newClearCommand(g *globalFlags) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SilenceUsage = true
-			c, err := g.connect(cmd)
-			if err != nil {
+			return g.withClient(cmd, func(c *client.Client) error {
+				res, err := c.ClearMemory(cmd.Context(), opts)
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
+				}
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "unloaded: %s\nskipped: %s\nfreed: %s\n",
+					listOrNone(res.Unloaded), listOrNone(res.Skipped), humanBytes(res.FreedBytes))
 				return err
-			}
-			defer c.Close()
-
-			res, err := c.ClearMemory(cmd.Context(), opts)
-			if err != nil {
-				return err
-			}
-			if g.json {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
-			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "unloaded: %s\nskipped: %s\nfreed: %s\n",
-				listOrNone(res.Unloaded), listOrNone(res.Skipped), humanBytes(res.FreedBytes))
-			return err
+			})
 		},
 	}
 	flags := cmd.Flags()
@@ -123,17 +115,14 @@ type vramResult struct {
 
 // inSession opens a control session, runs do in it and closes it.
 func (g *globalFlags) inSession(cmd *cobra.Command, do func(*client.VRAMSession) error) error {
-	c, err := g.connect(cmd)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	s, err := c.OpenVRAMSession(cmd.Context())
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	return do(s)
+	return g.withClient(cmd, func(c *client.Client) error {
+		s, err := c.OpenVRAMSession(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return do(s)
+	})
 }
 
 // newVRAMModelCommand makes "vram NAME MODEL", which runs command on MODEL and prints

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/inference-platform/maistro/client"
-	pb "github.com/inference-platform/maistro/grpc/inference"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -47,14 +47,14 @@ func fakeSnapshot() *pb.MemorySnapshot {
 	}
 }
 
-func (f *fakeServer) GetMemoryStats(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
+func (f *fakeServer) memoryStats(context.Context, *pb.GetMemoryStatsRequest) (*pb.GetMemoryStatsResponse, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
 	return &pb.GetMemoryStatsResponse{Snapshot: fakeSnapshot()}, nil
 }
 
-func (f *fakeServer) ClearMemory(_ context.Context, req *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error) {
+func (f *fakeServer) clearMemory(_ context.Context, req *pb.ClearMemoryRequest) (*pb.ClearMemoryResponse, error) {
 	f.mu.Lock()
 	f.lastClear = req
 	f.mu.Unlock()
@@ -66,7 +66,7 @@ func (f *fakeServer) ClearMemory(_ context.Context, req *pb.ClearMemoryRequest) 
 	}, nil
 }
 
-func (f *fakeServer) ManageVRAM(s grpc.BidiStreamingServer[pb.ManageVRAMRequest, pb.ManageVRAMResponse]) error {
+func (f *fakeServer) manageVRAM(s grpc.BidiStreamingServer[pb.ManageVRAMRequest, pb.ManageVRAMResponse]) error {
 	for {
 		req, err := s.Recv()
 		if errors.Is(err, io.EOF) {

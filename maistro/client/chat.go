@@ -1,16 +1,19 @@
 package client
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"time"
 
-	pb "github.com/inference-platform/maistro/grpc/inference"
-	"google.golang.org/protobuf/types/known/durationpb"
+	pb "github.com/inference-platform/maistro/internal/gen/inference"
+	"google.golang.org/grpc"
 )
 
-// These are the Go types of the API. They mirror inference.v1 (proto/inference/v1/inference.proto)
-// but use plain Go values (time.Duration, string enums, nil for "unset") so that callers never
-// build protobuf messages; the conversions live at the bottom of this file.
+// Chat and Generate: a conversation's next turn, or a raw prompt's continuation, streamed. The
+// types mirror inference.v1 (proto/inference/v1/inference.proto) but use plain Go values
+// (time.Duration, string enums, nil for "unset") so that callers never build protobuf messages;
+// the conversions live at the bottom of this file.
 
 // Roles of a conversation's messages.
 const (
@@ -89,16 +92,6 @@ const (
 	FinishReasonCancelled FinishReason = "cancelled"
 )
 
-// Usage counts tokens.
-type Usage struct {
-	// PromptTokens is the length of the prompt (after the chat template, for Chat).
-	PromptTokens int `json:"prompt_tokens"`
-	// CompletionTokens is the number of tokens generated.
-	CompletionTokens int `json:"completion_tokens"`
-	// TotalTokens is PromptTokens plus CompletionTokens.
-	TotalTokens int `json:"total_tokens"`
-}
-
 // Timings say where a request's time went, as the server measured it. In JSON they are
 // nanoseconds, as in Ollama's API.
 type Timings struct {
@@ -176,43 +169,85 @@ type GenerateResult struct {
 	Timings Timings `json:"timings"`
 }
 
-// EmbedRequest asks for one vector per input string.
-type EmbedRequest struct {
-	// Model is the embedding model's name as the server serves it, for example "embedding".
-	Model string
-	// Inputs are the strings to embed; the server rejects an empty list (IsInvalidArgument).
-	// Inputs longer than the model's maximum are truncated (see Embedding.Truncated).
-	Inputs []string
-	// Normalize asks the server to scale each vector to unit L2 norm, so that the dot product of
-	// two vectors is their cosine similarity.
-	Normalize bool
-	// KeepAlive: see ChatRequest.KeepAlive.
-	KeepAlive *time.Duration
+// ChatFunc receives each chunk of a chat reply as it arrives. Returning an error cancels the
+// call, and Chat returns that error unchanged.
+type ChatFunc func(ChatChunk) error
+
+// GenerateFunc receives each chunk of a continuation as it arrives. Returning an error cancels
+// the call, and Generate returns that error unchanged.
+type GenerateFunc func(GenerateChunk) error
+
+// Chat streams the next assistant turn of a conversation, calling fn (which may be nil) with
+// each chunk in order, and returns the whole reply once the server has sent its last chunk.
+//
+// Cancelling ctx cancels the call on the server. Errors from the server are *Error values (see
+// IsNotFound and the other IsX helpers); an error returned by fn is returned unchanged.
+func (c *Client) Chat(ctx context.Context, req *ChatRequest, fn ChatFunc) (*ChatResult, error) {
+	if req == nil {
+		return nil, errors.New("maistro: nil ChatRequest")
+	}
+	open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.ChatStreamResponse], error) {
+		return c.rpc.ChatStream(ctx, req.toProto())
+	}
+	res, err := textStream(ctx, c, open, fn)
+	if err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
-// Embedding is the vector of one input.
-type Embedding struct {
-	// Index is the input's position in EmbedRequest.Inputs.
-	Index int `json:"index"`
-	// Vector is the embedding; its length is EmbedResult.Dimension.
-	Vector []float32 `json:"vector"`
-	// Tokens is how many tokens of the input the model saw (after truncation).
-	Tokens int `json:"tokens"`
-	// Truncated is true when the input was longer than the model's maximum and was cut.
-	Truncated bool `json:"truncated"`
+// Generate streams the continuation of a raw prompt, calling fn (which may be nil) with each
+// chunk in order, and returns the whole continuation once the server has sent its last chunk.
+// Cancellation and errors behave as in Chat.
+func (c *Client) Generate(ctx context.Context, req *GenerateRequest, fn GenerateFunc) (*GenerateResult, error) {
+	if req == nil {
+		return nil, errors.New("maistro: nil GenerateRequest")
+	}
+	open := func(ctx context.Context) (grpc.ServerStreamingClient[pb.GenerateStreamResponse], error) {
+		return c.rpc.GenerateStream(ctx, req.toProto())
+	}
+	var each func(ChatChunk) error
+	if fn != nil {
+		each = func(chunk ChatChunk) error { return fn(GenerateChunk(chunk)) }
+	}
+	res, err := textStream(ctx, c, open, each)
+	if err != nil {
+		return nil, err
+	}
+	result := GenerateResult(res)
+	return &result, nil
 }
 
-// EmbedResult holds one Embedding per input, in input order: Embeddings[i] belongs to
-// EmbedRequest.Inputs[i].
-type EmbedResult struct {
-	// Model is the model that answered.
-	Model string `json:"model"`
-	// Dimension is the length of every vector.
-	Dimension int `json:"dimension"`
-	// Embeddings are the vectors, one per input, in input order.
-	Embeddings []Embedding `json:"embeddings"`
-	// Usage counts tokens: PromptTokens (and TotalTokens) over all inputs; CompletionTokens is 0.
-	Usage Usage `json:"usage"`
+// textStream runs a ChatStream or GenerateStream call (their messages have the same fields):
+// each message becomes a chunk handed to fn (which may be nil); the result joins the deltas and
+// takes finish reason, usage and timings from the last chunk.
+func textStream[R any, PR interface {
+	*R
+	streamMessage
+}](ctx context.Context, c *Client,
+	open func(context.Context) (grpc.ServerStreamingClient[R], error),
+	fn func(ChatChunk) error,
+) (ChatResult, error) {
+	var (
+		res  ChatResult
+		text strings.Builder
+	)
+	err := streamCall(ctx, c, open, func(m *R) (bool, error) {
+		chunk := chatChunkFromProto(PR(m))
+		text.WriteString(chunk.Delta)
+		res.Model = chunk.Model
+		if chunk.Done {
+			res.FinishReason, res.Usage, res.Timings = chunk.FinishReason, chunk.Usage, chunk.Timings
+		}
+		if fn != nil {
+			if err := fn(chunk); err != nil {
+				return false, err
+			}
+		}
+		return chunk.Done, nil
+	})
+	res.Text = text.String()
+	return res, err
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,13 +266,6 @@ func (o *Options) toProto() *pb.GenerationOptions {
 		Seed:              o.Seed,
 		Stop:              o.Stop,
 	}
-}
-
-func keepAliveToProto(d *time.Duration) *durationpb.Duration {
-	if d == nil {
-		return nil
-	}
-	return durationpb.New(*d)
 }
 
 func (r *ChatRequest) toProto() *pb.ChatStreamRequest {
@@ -262,37 +290,6 @@ func (r *GenerateRequest) toProto() *pb.GenerateStreamRequest {
 	}
 }
 
-func (r *EmbedRequest) toProto() *pb.GetEmbeddingRequest {
-	return &pb.GetEmbeddingRequest{
-		Model:     r.Model,
-		Inputs:    r.Inputs,
-		Normalize: r.Normalize,
-		KeepAlive: keepAliveToProto(r.KeepAlive),
-	}
-}
-
-func embedResultFromProto(m *pb.GetEmbeddingResponse) *EmbedResult {
-	res := &EmbedResult{
-		Model:      m.GetModel(),
-		Dimension:  int(m.GetDimension()),
-		Embeddings: make([]Embedding, len(m.GetEmbeddings())),
-		Usage:      usageFromProto(m.GetUsage()),
-	}
-	for i, e := range m.GetEmbeddings() {
-		vec := e.GetValues()
-		if vec == nil {
-			vec = []float32{} // JSON [] rather than null
-		}
-		res.Embeddings[i] = Embedding{
-			Index:     int(e.GetIndex()),
-			Vector:    vec,
-			Tokens:    int(e.GetTokens()),
-			Truncated: e.GetTruncated(),
-		}
-	}
-	return res
-}
-
 func finishReasonFromProto(f pb.FinishReason) FinishReason {
 	switch f {
 	case pb.FinishReason_FINISH_REASON_UNSPECIFIED:
@@ -306,14 +303,6 @@ func finishReasonFromProto(f pb.FinishReason) FinishReason {
 	}
 	// A reason added to the proto after this client was built: keep its name rather than drop it.
 	return FinishReason(strings.ToLower(strings.TrimPrefix(f.String(), "FINISH_REASON_")))
-}
-
-func usageFromProto(u *pb.Usage) Usage {
-	return Usage{
-		PromptTokens:     int(u.GetPromptTokens()),
-		CompletionTokens: int(u.GetCompletionTokens()),
-		TotalTokens:      int(u.GetTotalTokens()),
-	}
 }
 
 func timingsFromProto(t *pb.Timings) Timings {
