@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/inference-platform/maistro/internal/fakeserver"
 	pb "github.com/inference-platform/maistro/internal/gen/inference"
@@ -194,6 +195,27 @@ func TestSeveralAddressesAreBalancedRoundRobin(t *testing.T) {
 				t.Fatalf("New: %v", err)
 			}
 			defer c.Close()
+			// The first calls may all go to whichever server connected first: call until every
+			// server has answered once (so that all are connected), then count afresh.
+			reached := func() bool {
+				for i := range tt.servers {
+					if counts[i].Load() == 0 {
+						return false
+					}
+				}
+				return true
+			}
+			for deadline := time.Now().Add(waitLimit); !reached(); {
+				if time.Now().After(deadline) {
+					t.Fatalf("not every server got a call within %s", waitLimit)
+				}
+				if _, err := c.MemoryStats(context.Background()); err != nil {
+					t.Fatalf("MemoryStats: %v", err)
+				}
+			}
+			for i := range counts {
+				counts[i].Store(0)
+			}
 			const calls = 30
 			for range calls {
 				if _, err := c.MemoryStats(context.Background()); err != nil {
@@ -204,8 +226,7 @@ func TestSeveralAddressesAreBalancedRoundRobin(t *testing.T) {
 			for i := range tt.servers {
 				n := counts[i].Load()
 				total += n
-				// Round robin: every server gets its share once all are connected; the first
-				// calls may all go to whichever server connected first.
+				// Round robin: every server gets its share once all are connected.
 				if n == 0 {
 					t.Errorf("server %d got no call of %d", i, calls)
 				}
