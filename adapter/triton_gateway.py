@@ -75,6 +75,17 @@ class _ModelInfo:
     parameters: dict[str, str] = field(default_factory=dict)
     max_batch_size: int = 0
     outputs: frozenset[str] = frozenset()  # the names of the model's output tensors
+    inputs: frozenset[str] = frozenset()  # the names of the model's input tensors
+
+
+# What each kind of call needs a model to declare (inputs, outputs): checked against the loaded
+# model's config before anything is sent, so a model of the wrong kind (an embedding model asked to
+# chat) is refused by what it declares, not by how Triton words its refusal.
+INTERFACES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "chat": (frozenset({"messages"}), frozenset({"text_output"})),
+    "generate": (frozenset({"text_input"}), frozenset({"text_output"})),
+    "embedding": (frozenset({"text_input"}), frozenset({"embedding"})),
+}
 
 
 def _bytes_input(name: str, value: str) -> triton_grpc.InferInput:
@@ -192,12 +203,27 @@ class TritonGateway:
             parameters={key: value.get("string_value", "") for key, value in raw.items()},
             max_batch_size=int(body.get("max_batch_size", 0) or 0),
             outputs=frozenset(str(output.get("name", "")) for output in body.get("output", [])),
+            inputs=frozenset(str(tensor.get("name", "")) for tensor in body.get("input", [])),
         )
+
+    async def require_interface(self, model: str, call: str) -> _ModelInfo:
+        """The loaded model's config, after checking it declares what `call` (a key of INTERFACES)
+        sends and reads; INVALID_ARGUMENT naming what it lacks otherwise."""
+        info = await self.model_info(model)
+        inputs, outputs = INTERFACES[call]
+        missing = sorted((inputs - info.inputs) | (outputs - info.outputs))
+        if missing:
+            raise errors.InvalidArgument(
+                f"model {model!r} cannot serve {call}: it does not declare {', '.join(missing)} "
+                f"(its inputs: {sorted(info.inputs)}, outputs: {sorted(info.outputs)}); "
+                "pick a model of that kind"
+            )
+        return info
 
     async def embed(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:
         """Embeds texts in order, in requests of at most the model's max_batch_size, sent at once
         so Triton's dynamic batcher can run them together; concurrent calls are coalesced."""
-        info = await self.model_info(model)
+        info = await self.require_interface(model, "embedding")
         step = info.max_batch_size if info.max_batch_size > 0 else len(texts)
         parts = await asyncio.gather(
             *(self._embeddings.embed(model, texts[i : i + step], normalize, step) for i in range(0, len(texts), step))

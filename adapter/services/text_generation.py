@@ -78,7 +78,8 @@ class TextGenerationService:
         arrived: float,
         load_seconds: float,
     ) -> AsyncIterator[Response]:
-        limit = (await self._gateway.model_info(request.model)).parameters.get("max_tokens_limit")
+        call = "chat" if request.messages is not None else "generate"
+        limit = (await self._gateway.require_interface(request.model, call)).parameters.get("max_tokens_limit")
         sampling = validation.sampling_parameters(options, int(limit) if limit else None)
         request = TextGenerationRequest(
             model=request.model, sampling=sampling, prompt=request.prompt, messages=request.messages

@@ -202,3 +202,14 @@ def test_concurrent_streams_run_in_one_batch_and_each_gets_its_own_text(
     _wait_for_idle_model(metrics)
     assert metric_total(metrics, "llm_num_requests_running") == 0
     assert metric_total(metrics, "llm_num_requests_waiting") == 0
+
+
+def test_a_model_of_another_kind_is_refused_by_what_it_declares(stub: pb_grpc.InferenceServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as chat:
+        list(stub.ChatStream(pb.ChatStreamRequest(model="embedding", messages=HELLO), timeout=120))
+    assert chat.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model 'embedding' cannot serve chat: it does not declare messages, text_output" in chat.value.details()
+    with pytest.raises(grpc.RpcError) as embed:
+        stub.GetEmbedding(pb.GetEmbeddingRequest(model="llm", inputs=["a cat"]), timeout=120)
+    assert embed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model 'llm' cannot serve embedding: it does not declare embedding" in embed.value.details()
