@@ -27,12 +27,11 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.loadgen import StreamResult, closed_loop_streams, merge_streams
-from benchmarks.streaming import STREAM_HEADERS, Paths, _first_bytes
+from benchmarks.streaming import Paths
 from tests.harness import CHAT_LLM, TINY_LLM, build_small_models, start_adapter, stop_adapter
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,62 +44,9 @@ WORKLOAD = {"tiny": (64, 1.0), "chat": (16, 3.0)}
 Cell = tuple[str, int]  # weights, streams
 
 
-class TokenPaths(Paths):
-    """Counts generated tokens, not messages: under load the model (and the adapter) merge the
-    text of several tokens into one response. Each message with text counts one; the final one
-    adds what the request's token count says the earlier messages did not carry."""
-
-    async def adapter(self, client: int) -> AsyncIterator[tuple[int, bool]]:
-        method = self._stub.ChatStream
-        call = method(self._request, timeout=300)
-        done, seen = False, 0
-        try:
-            async for response in call:
-                done = response.done
-                count = 1 if response.delta else 0
-                if done:
-                    count = max(count, response.usage.completion_tokens - seen)
-                seen += count
-                yield count, done
-                if done:
-                    return
-        finally:
-            if not done:
-                call.cancel()
-
-    async def direct(self, client: int) -> AsyncIterator[tuple[int, bool]]:
-        async def one_request() -> AsyncIterator[dict[str, object]]:
-            yield {"model_name": self.model, "inputs": self._inputs}
-
-        responses = self._triton.stream_infer(one_request(), headers=STREAM_HEADERS)
-        done, seen = False, 0
-        try:
-            async for result, error in responses:
-                if error is not None:
-                    raise error
-                response = result.get_response()
-                count, tokens = 0, 0
-                for i, output in enumerate(response.outputs):
-                    if output.name == "text_output":
-                        count = 1 if _first_bytes(response.raw_output_contents[i]) else 0
-                    elif output.name == "finish_reason":
-                        done = True
-                    elif output.name == "completion_tokens":
-                        tokens = int.from_bytes(response.raw_output_contents[i][:4], "little")
-                if done:
-                    count = max(count, tokens - seen)
-                seen += count
-                yield count, done
-                if done:
-                    return
-        finally:
-            if not done:
-                responses.cancel()
-
-
 async def _measure(adapter: str, triton: str, weights: str, streams: int, seconds: float) -> dict[str, StreamResult]:
     max_tokens, scale = WORKLOAD[weights]
-    paths = TokenPaths(adapter, triton, "llm", "chat", max_tokens)
+    paths = Paths(adapter, triton, "llm", "chat", max_tokens, count_tokens=True)
     try:
         for path in (paths.direct, paths.adapter):  # warm: first requests pay one-time costs
             async for _ in path(0):

@@ -75,10 +75,16 @@ def _first_bytes(raw: bytes) -> bytes:
 
 
 class Paths:
-    """Opens one stream per call through each path; yields (text chunks, final) per message."""
+    """Opens one stream per call through each path; yields (text chunks, final) per message.
 
-    def __init__(self, adapter_address: str, triton_url: str, model: str, rpc: str, max_tokens: int) -> None:
-        self.model, self.rpc = model, rpc
+    count_tokens: count generated tokens instead (benchmarks/batching.py): each message with text
+    counts one, and the final one adds what the request's completion token count says the earlier
+    messages did not carry (the model and the adapter merge tokens' text under load)."""
+
+    def __init__(
+        self, adapter_address: str, triton_url: str, model: str, rpc: str, max_tokens: int, count_tokens: bool = False
+    ) -> None:
+        self.model, self.rpc, self.count_tokens = model, rpc, count_tokens
         self.count: Callable[[bytes], int] = _count_chunk_counter if model == "chunk_counter" else _count_one
         self._channel = grpc.aio.insecure_channel(adapter_address)
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
@@ -101,12 +107,16 @@ class Paths:
 
     async def adapter(self, client: int) -> AsyncIterator[tuple[int, bool]]:
         method = self._stub.ChatStream if self.rpc == "chat" else self._stub.GenerateStream
-        call = method(self._request, timeout=120)
-        done = False
+        call = method(self._request, timeout=300)
+        done, seen = False, 0
         try:
             async for response in call:
                 done = response.done
-                yield self.count(response.delta.encode()), done
+                count = self.count(response.delta.encode())
+                if done and self.count_tokens:
+                    count = max(count, response.usage.completion_tokens - seen)
+                seen += count
+                yield count, done
                 if done:
                     return
         finally:
@@ -118,20 +128,26 @@ class Paths:
             yield {"model_name": self.model, "inputs": self._inputs}
 
         responses = self._triton.stream_infer(one_request(), headers=STREAM_HEADERS)
-        done = False
+        done, seen = False, 0
         try:
             async for result, error in responses:
                 if error is not None:
                     raise error
                 # The raw response, not as_numpy: the load generator's CPU is shared with the hops.
                 response = result.get_response()
-                text = b""
+                text, tokens = b"", 0
                 for i, output in enumerate(response.outputs):
                     if output.name == "text_output":
                         text = _first_bytes(response.raw_output_contents[i])
                     elif output.name == "finish_reason":
                         done = True
-                yield self.count(text), done
+                    elif output.name == "completion_tokens":
+                        tokens = int.from_bytes(response.raw_output_contents[i][:4], "little")
+                count = self.count(text)
+                if done and self.count_tokens:
+                    count = max(count, tokens - seen)
+                seen += count
+                yield count, done
                 if done:
                     return
         finally:
