@@ -54,8 +54,30 @@ def _integer(raw: dict[str, Any], key: str, default: int | None) -> int | None:
     return int(value)
 
 
-def parse_sampling_parameters(text: str | None, default_max_tokens: int, max_tokens_limit: int) -> SamplingParams:
-    """Parses and range-checks the `sampling_parameters` JSON of a request."""
+# The sampling options a model's own generation_config.json may set defaults for.
+MODEL_DEFAULTED = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def generation_defaults(generation_config: Any) -> dict[str, float]:
+    """The sampling defaults the weights' authors set in generation_config.json (only the values set
+    there, not transformers' own defaults), as vLLM applies them: a request that leaves an option
+    unset gets the model's recommendation. Values outside our ranges are ignored."""
+    if generation_config is None:
+        return {}
+    explicit = generation_config.to_diff_dict()
+    defaults: dict[str, float] = {}
+    for key in MODEL_DEFAULTED:
+        value = explicit.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and sampling_limits.check(key, value) is None:
+            defaults[key] = value
+    return defaults
+
+
+def parse_sampling_parameters(
+    text: str | None, default_max_tokens: int, max_tokens_limit: int, defaults: dict[str, float] | None = None
+) -> SamplingParams:
+    """Parses and range-checks the `sampling_parameters` JSON of a request; options it leaves unset
+    (absent or null) take `defaults` (the model's, see generation_defaults), else ours."""
     raw: dict[str, Any] = {}
     if text:
         try:
@@ -68,6 +90,9 @@ def parse_sampling_parameters(text: str | None, default_max_tokens: int, max_tok
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InvalidRequest(f"unknown sampling parameter(s) {unknown}; known: {sorted(known)}")
+    for key, value in (defaults or {}).items():
+        if raw.get(key) is None:
+            raw[key] = value
 
     max_tokens = _integer(raw, "max_tokens", default_max_tokens)
     assert max_tokens is not None

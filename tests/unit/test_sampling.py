@@ -435,3 +435,22 @@ def test_the_smallest_allowed_repetition_penalty_still_samples_finite_probabilit
     huge = torch.finfo(torch.float32).max / 1000
     s = sampler(seed=1, temperature=1.0, repetition_penalty=0.01)
     assert draw(s, [huge, 1.0, -huge], 5, input_ids=[0, 2]) == [0] * 5
+
+
+def test_options_a_request_leaves_unset_take_the_model_defaults() -> None:
+    defaults = {"temperature": 0.2, "top_p": 0.9}
+    params = parse_sampling_parameters(json.dumps({"top_p": 0.5, "temperature": None}), 8, 16, defaults)
+    assert (params.temperature, params.top_p) == (0.2, 0.5)  # null is unset; a given value wins
+    assert parse_sampling_parameters(None, 8, 16, defaults).temperature == 0.2
+    assert parse_sampling_parameters(None, 8, 16).temperature == 1.0
+
+
+def test_generation_defaults_are_only_what_the_model_config_sets() -> None:
+    from transformers import GenerationConfig
+
+    from model_runtime.text_generation import generation_defaults
+
+    assert generation_defaults(GenerationConfig(eos_token_id=2)) == {}
+    config = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    assert generation_defaults(config) == {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+    assert generation_defaults(GenerationConfig(do_sample=True, repetition_penalty=1e-9)) == {}  # out of range

@@ -24,7 +24,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from model_runtime.batching import BatchingEngine, StepOutput, merge_outputs
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
-from model_runtime.text_generation import InvalidRequest, SamplingParams, parse_messages, parse_sampling_parameters
+from model_runtime.text_generation import (
+    InvalidRequest,
+    SamplingParams,
+    generation_defaults,
+    parse_messages,
+    parse_sampling_parameters,
+)
 from model_runtime.triton_inputs import bool_input, string_input, watch_cancellations
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -61,6 +67,8 @@ class TritonPythonModel:
             AutoModelForCausalLM.from_pretrained(model_id, dtype=preferred_dtype(self.device)).to(self.device).eval()
         )
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        # Options a request leaves unset take the weights' own recommendation (generation_config.json).
+        self.sampling_defaults = generation_defaults(getattr(self.model, "generation_config", None))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.streams: dict[int, _Stream] = {}
         self.ids = itertools.count(1)
@@ -165,7 +173,9 @@ class TritonPythonModel:
         self, sampling_json: str | None, messages_json: str | None, text: str | None
     ) -> tuple[list[int], SamplingParams]:
         """On the tokenizing thread (no pb_utils): options checked, prompt tokenized."""
-        params = parse_sampling_parameters(sampling_json, self.default_max_tokens, self.max_tokens_limit)
+        params = parse_sampling_parameters(
+            sampling_json, self.default_max_tokens, self.max_tokens_limit, self.sampling_defaults
+        )
         if (messages_json is None) == (text is None):
             raise InvalidRequest("exactly one of text_input and messages must be given")
         if messages_json is not None:
