@@ -12,8 +12,8 @@ import grpc
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from adapter import errors
-from adapter.errors import (
+from adapter.core import errors
+from adapter.core.errors import (
     AdapterError,
     Cancelled,
     DeadlineExceeded,

@@ -14,10 +14,9 @@ from google.protobuf.duration_pb2 import Duration
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from adapter import errors, image_inputs, validation
 from adapter.config import Settings
+from adapter.core import errors, image_inputs, memory, validation
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.services import memory
 
 
 def test_long_messages_are_cut_to_fit_grpc_trailers() -> None:

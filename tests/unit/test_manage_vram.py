@@ -1,4 +1,4 @@
-"""ManageVRAM's command dispatch (adapter.services.memory.MemoryService.manage): each command reaches
+"""ManageVRAM's command dispatch (adapter.core.memory.MemoryService.manage): each command reaches
 the scheduler, every command is answered under its id (errors too, the stream staying open),
 scheduler events and subscribed snapshots are pushed. The real scheduler over a fake Triton."""
 
@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from adapter import errors
+from adapter.core import errors
+from adapter.core.memory import MemoryService
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.scheduler import Scheduler
-from adapter.services.memory import MemoryService
+from adapter.scheduling.scheduler import Scheduler
 from tests.unit.test_scheduler import FakeProbe, FakeTriton, make
 
 Response = pb.ManageVRAMResponse

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapter import errors
-from adapter.triton_gateway import TritonGateway, _ModelInfo
+from adapter.core import errors
+from adapter.triton.gateway import TritonGateway, _ModelInfo
 
 LLM = _ModelInfo(
     inputs=frozenset({"text_input", "messages", "sampling_parameters", "stream"}),

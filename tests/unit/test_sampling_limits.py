@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from adapter import validation
-from adapter.errors import InvalidArgument
+from adapter.core import validation
+from adapter.core.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from model_runtime import sampling_limits
 

@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 import pytest
 
-from adapter import validation
-from adapter.errors import InvalidArgument
+from adapter.core import validation
+from adapter.core.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
 
 

@@ -13,26 +13,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Gauge
 
-from adapter import errors
-from adapter.auth import ApiKeyInterceptor, ApiKeyPolicy
 from adapter.config import Settings
-from adapter.decoding import DecodeGuard
-from adapter.draining import CallTracker
-from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
+from adapter.core import errors
+from adapter.core.embedding import EmbeddingService
+from adapter.core.images import ImageService
+from adapter.core.memory import MemoryService
+from adapter.core.text_generation import TextGenerationService
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
-from adapter.image_jobs import ImageJobService
-from adapter.job_store import JobStore
-from adapter.memory_readings import TritonMemoryProbe
+from adapter.grpc_front.auth import ApiKeyInterceptor, ApiKeyPolicy
+from adapter.grpc_front.decoding import DecodeGuard
+from adapter.grpc_front.draining import CallTracker
+from adapter.grpc_front.servicer import InferenceServicer
 from adapter.metrics import AdapterMetrics
-from adapter.scheduler import ModelSlot, NoGpuMetrics, Scheduler
-from adapter.servicer import InferenceServicer
-from adapter.services.embedding import EmbeddingService
-from adapter.services.images import ImageService
-from adapter.services.memory import MemoryService
-from adapter.services.text_generation import TextGenerationService
-from adapter.triton_gateway import TritonGateway
-from adapter.triton_health import TritonHealthWatcher
+from adapter.scheduling.image_jobs import ImageJobService
+from adapter.scheduling.job_store import JobStore
+from adapter.scheduling.scheduler import ModelSlot, NoGpuMetrics, Scheduler
+from adapter.triton.embedded import EmbeddedTriton, EmbeddedTritonOptions
+from adapter.triton.gateway import TritonGateway
+from adapter.triton.health import TritonHealthWatcher
+from adapter.triton.memory_readings import TritonMemoryProbe
 
 log = logging.getLogger(__name__)
 

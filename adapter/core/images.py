@@ -6,11 +6,11 @@ import asyncio
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from adapter import image_inputs
 from adapter.config import Settings
+from adapter.core import image_inputs
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.image_jobs import ImageJobService
-from adapter.job_store import JobRecord
+from adapter.scheduling.image_jobs import ImageJobService
+from adapter.scheduling.job_store import JobRecord
 
 STATES = {
     "queued": pb.JOB_STATE_QUEUED,

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from adapter.errors import map_errors, map_stream_errors
+from adapter.core.embedding import EmbeddingService
+from adapter.core.errors import map_errors, map_stream_errors
+from adapter.core.images import ImageService
+from adapter.core.memory import MemoryService
+from adapter.core.text_generation import TextGenerationService
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
-from adapter.services.embedding import EmbeddingService
-from adapter.services.images import ImageService
-from adapter.services.memory import MemoryService
-from adapter.services.text_generation import TextGenerationService
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):

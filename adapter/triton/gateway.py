@@ -22,8 +22,9 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from adapter import errors, procfs
-from adapter.coalescer import EmbeddingCoalescer
+from adapter.core import errors
+from adapter.triton import procfs
+from adapter.triton.embedding_coalescer import EmbeddingCoalescer
 
 log = logging.getLogger(__name__)
 

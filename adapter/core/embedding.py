@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from adapter import validation
 from adapter.config import Settings
-from adapter.errors import ResourceExhausted
+from adapter.core import validation
+from adapter.core.errors import ResourceExhausted
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.scheduler import Scheduler
-from adapter.triton_gateway import TritonGateway
+from adapter.scheduling.scheduler import Scheduler
+from adapter.triton.gateway import TritonGateway
 
 
 class EmbeddingService:

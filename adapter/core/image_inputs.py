@@ -13,9 +13,9 @@ from typing import Any
 
 from PIL import Image
 
-from adapter import validation
 from adapter.config import Settings
-from adapter.errors import InvalidArgument
+from adapter.core import validation
+from adapter.core.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from adapter import errors, validation
+from adapter.core import errors, validation
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.memory_readings import MemoryReading, freed_bytes
-from adapter.scheduler import EventKind, MemoryProbe, ModelState, Scheduler, SchedulerEvent
+from adapter.scheduling.scheduler import EventKind, MemoryProbe, ModelState, Scheduler, SchedulerEvent
+from adapter.triton.memory_readings import MemoryReading, freed_bytes
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from typing import TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 
-from adapter import validation
+from adapter.core import validation
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.scheduler import Scheduler
-from adapter.triton_gateway import TextGenerationRequest, TritonGateway
+from adapter.scheduling.scheduler import Scheduler
+from adapter.triton.gateway import TextGenerationRequest, TritonGateway
 
 FINISH_REASONS = {
     "stop": pb.FINISH_REASON_STOP,
