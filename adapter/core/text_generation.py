@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import TypeVar
 
-from google.protobuf.duration_pb2 import Duration
-
+from adapter.core import types as t
 from adapter.core import validation
-from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.scheduling.scheduler import Scheduler
-from adapter.triton.gateway import TextGenerationRequest, TritonGateway
+from adapter.triton.gateway import TritonGateway
+from adapter.triton.types import TextGenerationRequest
 
-FINISH_REASONS = {
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "cancelled": pb.FINISH_REASON_CANCELLED,
-}
-
-Response = TypeVar("Response", pb.ChatStreamResponse, pb.GenerateStreamResponse)
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(int(seconds * 1e9))
-    return duration
+FINISH_REASONS = {reason.value: reason for reason in t.FinishReason}
 
 
 class TextGenerationService:
@@ -34,50 +20,36 @@ class TextGenerationService:
         self._scheduler = scheduler
         self._max_prompt_chars = max_prompt_chars  # 0: no limit here (the model checks its context)
 
-    def chat(self, request: pb.ChatStreamRequest) -> AsyncIterator[pb.ChatStreamResponse]:
+    def chat(self, request: t.ChatRequest) -> AsyncIterator[t.TextDelta]:
+        """Checked at once (before the first delta is awaited): a bad request fails the call itself."""
         model = validation.require_model(request.model)
         messages = validation.chat_messages(request.messages)
         validation.prompt_size(sum(len(m["content"]) for m in messages), self._max_prompt_chars)
         validation.sampling_parameters(request.options, None)  # fail fast, before any load
         return self._stream(
-            pb.ChatStreamResponse,
-            TextGenerationRequest(model=model, sampling={}, messages=messages),
-            request.options,
-            validation.keep_alive(request),
+            TextGenerationRequest(model=model, sampling={}, messages=messages), request.options, request.keep_alive
         )
 
-    def generate(self, request: pb.GenerateStreamRequest) -> AsyncIterator[pb.GenerateStreamResponse]:
+    def generate(self, request: t.GenerateRequest) -> AsyncIterator[t.TextDelta]:
         model = validation.require_model(request.model)
         prompt = validation.prompt_text(request.prompt)
         validation.prompt_size(len(prompt), self._max_prompt_chars)
         validation.sampling_parameters(request.options, None)
         return self._stream(
-            pb.GenerateStreamResponse,
-            TextGenerationRequest(model=model, sampling={}, prompt=prompt),
-            request.options,
-            validation.keep_alive(request),
+            TextGenerationRequest(model=model, sampling={}, prompt=prompt), request.options, request.keep_alive
         )
 
     async def _stream(
-        self,
-        response_type: type[Response],
-        request: TextGenerationRequest,
-        options: pb.GenerationOptions,
-        keep_alive: validation.KeepAlive,
-    ) -> AsyncIterator[Response]:
+        self, request: TextGenerationRequest, options: t.GenerationOptions, keep_alive: t.KeepAlive
+    ) -> AsyncIterator[t.TextDelta]:
         arrived = time.monotonic()
         async with self._scheduler.use(request.model, keep_alive) as load_seconds:
-            async for response in self._generate(response_type, request, options, arrived, load_seconds):
-                yield response
+            async for delta in self._generate(request, options, arrived, load_seconds):
+                yield delta
 
     async def _generate(
-        self,
-        response_type: type[Response],
-        request: TextGenerationRequest,
-        options: pb.GenerationOptions,
-        arrived: float,
-        load_seconds: float,
-    ) -> AsyncIterator[Response]:
+        self, request: TextGenerationRequest, options: t.GenerationOptions, arrived: float, load_seconds: float
+    ) -> AsyncIterator[t.TextDelta]:
         call = "chat" if request.messages is not None else "generate"
         limit = (await self._gateway.require_interface(request.model, call)).parameters.get("max_tokens_limit")
         sampling = validation.sampling_parameters(options, int(limit) if limit else None)
@@ -89,22 +61,19 @@ class TextGenerationService:
             if chunk.text and first_token_at is None:
                 first_token_at = time.monotonic()
             if chunk.finish_reason is None:
-                yield response_type(model=request.model, delta=chunk.text)
+                yield t.TextDelta(model=request.model, text=chunk.text)
                 continue
             finished_at = time.monotonic()
-            yield response_type(
+            yield t.TextDelta(
                 model=request.model,
-                delta=chunk.text,
-                done=True,
-                finish_reason=FINISH_REASONS.get(chunk.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
-                usage=pb.Usage(
-                    prompt_tokens=chunk.prompt_tokens,
-                    completion_tokens=chunk.completion_tokens,
-                    total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
-                ),
-                timings=pb.Timings(
-                    load_duration=_duration(load_seconds),
-                    time_to_first_token=_duration((first_token_at or finished_at) - arrived),
-                    total_duration=_duration(finished_at - arrived),
+                text=chunk.text,
+                finish=t.Finish(
+                    reason=FINISH_REASONS.get(chunk.finish_reason, t.FinishReason.UNKNOWN),
+                    usage=t.Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens),
+                    timings=t.Timings(
+                        load_s=load_seconds,
+                        time_to_first_token_s=(first_token_at or finished_at) - arrived,
+                        total_s=finished_at - arrived,
+                    ),
                 ),
             )

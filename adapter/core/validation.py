@@ -5,23 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf.duration_pb2 import Duration
-
+from adapter.core import types as t
 from adapter.core.errors import InvalidArgument
-from adapter.gen.inference.v1 import inference_pb2 as pb
 from model_runtime import sampling_limits
 
 VALID_ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 16
 
 
-def require_model(model: str) -> str:
+def require_model(model: str, example: str = "llm") -> str:
+    """The one check that a request names a model (every call that takes one)."""
     if not model.strip():
-        raise InvalidArgument('model is required (for example "llm")')
+        raise InvalidArgument(f'model is required (for example "{example}")')
     return model
 
 
-def chat_messages(messages: Any) -> list[dict[str, str]]:
+def chat_messages(messages: Sequence[t.ChatMessage]) -> list[dict[str, str]]:
     if not messages:
         raise InvalidArgument("messages must not be empty")
     checked = []
@@ -50,39 +49,38 @@ def prompt_size(chars: int, limit: int) -> None:
         )
 
 
-def sampling_parameters(options: pb.GenerationOptions, max_tokens_limit: int | None) -> dict[str, Any]:
-    """The options as the LLM model's `sampling_parameters`; unset options are left to the model."""
+def sampling_parameters(
+    options: t.GenerationOptions, max_tokens_limit: int | None, prefix: str = "options."
+) -> dict[str, Any]:
+    """The options as the LLM model's `sampling_parameters`; unset options are left to the model.
+    `prefix` is how the front names the options' fields in its messages."""
     out: dict[str, Any] = {}
-    if options.HasField("max_tokens"):
+    if options.max_tokens is not None:
         if options.max_tokens <= 0:
-            raise InvalidArgument(f"options.max_tokens must be > 0; got {options.max_tokens}")
+            raise InvalidArgument(f"{prefix}max_tokens must be > 0; got {options.max_tokens}")
         if max_tokens_limit is not None and options.max_tokens > max_tokens_limit:
             raise InvalidArgument(
-                f"options.max_tokens must be at most {max_tokens_limit} for this model; got {options.max_tokens}"
+                f"{prefix}max_tokens must be at most {max_tokens_limit} for this model; got {options.max_tokens}"
             )
         out["max_tokens"] = options.max_tokens
     # Ranges shared with the model (model_runtime/sampling_limits.py): none of them can make the
     # sampler's probabilities non-finite.
     for name in ("temperature", "top_p", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty"):
-        if options.HasField(name):
-            value = getattr(options, name)
-            if isinstance(value, float):
-                # Proto floats are 32-bit: 0.01 arrives as 0.0099999998. Back to the decimal the
-                # client wrote (7 significant digits), which is also what the model is sent.
-                value = float(f"{value:.7g}")
+        value = getattr(options, name)
+        if value is not None:
             problem = sampling_limits.check(name, value)
             if problem is not None:
-                raise InvalidArgument(f"options.{problem}")
+                raise InvalidArgument(f"{prefix}{problem}")
             out[name] = value
-    if options.HasField("seed"):
+    if options.seed is not None:
         out["seed"] = options.seed
     if options.stop:
         if len(options.stop) > MAX_STOP_SEQUENCES:
             raise InvalidArgument(
-                f"options.stop allows at most {MAX_STOP_SEQUENCES} sequences; got {len(options.stop)}"
+                f"{prefix}stop allows at most {MAX_STOP_SEQUENCES} sequences; got {len(options.stop)}"
             )
         if any(not s for s in options.stop):
-            raise InvalidArgument("options.stop must not contain empty strings")
+            raise InvalidArgument(f"{prefix}stop must not contain empty strings")
         out["stop"] = list(options.stop)
     return out
 
@@ -104,36 +102,3 @@ def embedding_inputs(inputs: Sequence[str], max_inputs: int, max_total_chars: in
             f"inputs hold {total} characters; the limit is {max_total_chars} per request (EMBEDDING_MAX_TOTAL_CHARS)"
         )
     return list(inputs)
-
-
-# google.protobuf.Duration's documented range: about 10,000 years either way.
-MAX_DURATION_SECONDS = 315_576_000_000
-
-
-def duration_seconds(name: str, duration: Duration) -> float:
-    """A Duration field in seconds; InvalidArgument naming the field when it is outside the range
-    protobuf documents (any int64 can arrive on the wire, and Python's timedelta overflows)."""
-    if not -MAX_DURATION_SECONDS <= duration.seconds <= MAX_DURATION_SECONDS:
-        raise InvalidArgument(
-            f"{name}.seconds must be within +-{MAX_DURATION_SECONDS} (google.protobuf.Duration's range); "
-            f"got {duration.seconds}"
-        )
-    if not -999_999_999 <= duration.nanos <= 999_999_999:
-        raise InvalidArgument(f"{name}.nanos must be within +-999999999; got {duration.nanos}")
-    if duration.seconds * duration.nanos < 0:
-        raise InvalidArgument(
-            f"{name}: seconds and nanos must have the same sign (google.protobuf.Duration); "
-            f"got seconds {duration.seconds}, nanos {duration.nanos}"
-        )
-    return duration.seconds + duration.nanos / 1e9
-
-
-KeepAlive = float | None | str  # seconds; None: keep loaded; "default": leave the model's setting
-
-
-def keep_alive(request: Any) -> KeepAlive:
-    """A request's keep_alive: unset keeps the model's setting, negative keeps it loaded for good."""
-    if not request.HasField("keep_alive"):
-        return "default"
-    seconds = duration_seconds("keep_alive", request.keep_alive)
-    return None if seconds < 0 else seconds

@@ -9,84 +9,24 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from adapter.core import errors
-from adapter.triton import procfs
+from adapter.triton import errors as triton_errors
+from adapter.triton import procfs, text_stream
 from adapter.triton.embedding_coalescer import EmbeddingCoalescer
+from adapter.triton.tensors import INTERFACES, STREAM_HEADERS, raw_bytes
+from adapter.triton.types import EmbeddingRows, ImageProgress, ModelInfo, TextChunk, TextGenerationRequest
 
 log = logging.getLogger(__name__)
-
-# Makes Triton end a failed stream with a real gRPC status instead of an error string in a message.
-STREAM_HEADERS = {"triton_grpc_error": "true"}
-
-
-@dataclass(frozen=True)
-class TextGenerationRequest:
-    model: str
-    sampling: dict[str, Any]
-    prompt: str | None = None
-    messages: list[dict[str, str]] | None = None
-
-
-@dataclass(frozen=True)
-class TextChunk:
-    """One response of the LLM model; the last one has finish_reason set."""
-
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class ImageProgress:
-    """One response of the image model: progress, and on the last one the PNGs."""
-
-    step: int
-    total_steps: int
-    images: list[bytes] | None = None  # set only on the final response
-
-
-@dataclass(frozen=True)
-class EmbeddingRows:
-    """The embedding model's answer for a list of texts, row i for text i."""
-
-    vectors: npt.NDArray[np.float32]  # [n, dimension]
-    token_counts: npt.NDArray[np.int32]  # [n]
-    truncated: npt.NDArray[np.bool_]  # [n]
-
-    def slice(self, start: int, end: int) -> EmbeddingRows:
-        return EmbeddingRows(self.vectors[start:end], self.token_counts[start:end], self.truncated[start:end])
-
-
-@dataclass
-class _ModelInfo:
-    parameters: dict[str, str] = field(default_factory=dict)
-    max_batch_size: int = 0
-    outputs: frozenset[str] = frozenset()  # the names of the model's output tensors
-    inputs: frozenset[str] = frozenset()  # the names of the model's input tensors
-
-
-# What each kind of call needs a model to declare (inputs, outputs): checked against the loaded
-# model's config before anything is sent, so a model of the wrong kind (an embedding model asked to
-# chat) is refused by what it declares, not by how Triton words its refusal.
-INTERFACES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "chat": (frozenset({"messages"}), frozenset({"text_output"})),
-    "generate": (frozenset({"text_input"}), frozenset({"text_output"})),
-    "embedding": (frozenset({"text_input"}), frozenset({"embedding"})),
-}
 
 
 def _bytes_input(name: str, value: str) -> triton_grpc.InferInput:
@@ -124,7 +64,7 @@ class TritonGateway:
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._embeddings = EmbeddingCoalescer(self._embed_part, EmbeddingRows.slice, max_in_flight=1)
         self._load_timeout_s = load_timeout_s
-        self._model_info: dict[str, _ModelInfo] = {}
+        self._model_info: dict[str, ModelInfo] = {}
 
     async def close(self) -> None:
         await self._client.close()
@@ -144,7 +84,7 @@ class TritonGateway:
         try:
             index = await self._client.get_model_repository_index(as_json=True)
         except (InferenceServerException, OSError) as err:
-            raise errors.from_triton(err, "reading the model repository") from err
+            raise triton_errors.from_triton(err, "reading the model repository") from err
         return {entry["name"]: (entry.get("state", ""), entry.get("reason", "")) for entry in index.get("models", [])}
 
     # ---- model control (the scheduler's ModelControl) ----------------------------------------
@@ -158,10 +98,11 @@ class TritonGateway:
         try:
             await self._client.load_model(model, client_timeout=self._load_timeout_s)
         except InferenceServerException as err:
-            code = errors.triton_status(err)
-            if code in (errors.Code.UNAVAILABLE, errors.Code.DEADLINE_EXCEEDED):
-                raise errors.from_triton(err, f"loading model {model!r}") from err
-            raise errors.FailedPrecondition(f"model {model!r} failed to load: {errors.triton_message(err)}") from err
+            code = triton_errors.triton_status(err)
+            if code in (triton_errors.Code.UNAVAILABLE, triton_errors.Code.DEADLINE_EXCEEDED):
+                raise triton_errors.from_triton(err, f"loading model {model!r}") from err
+            reason = triton_errors.triton_message(err)
+            raise errors.FailedPrecondition(f"model {model!r} failed to load: {reason}") from err
         self.forget(model)
         log.info("loaded model %s in %.1fs", model, time.monotonic() - started)
 
@@ -173,7 +114,7 @@ class TritonGateway:
         try:
             await self._client.unload_model(model)
         except InferenceServerException as err:
-            raise errors.from_triton(err, f"unloading model {model!r}") from err
+            raise triton_errors.from_triton(err, f"unloading model {model!r}") from err
         deadline = time.monotonic() + timeout_s
         while (await self.repository_index()).get(model, ("", ""))[0] == "READY":
             if time.monotonic() > deadline:
@@ -186,28 +127,28 @@ class TritonGateway:
                 break
             await asyncio.sleep(0.05)
 
-    async def model_info(self, model: str) -> _ModelInfo:
+    async def model_info(self, model: str) -> ModelInfo:
         """The loaded model's config (parameters, max_batch_size), read once per load."""
         info = self._model_info.get(model)
         if info is None:
             info = self._model_info[model] = await self._read_model_info(model)
         return info
 
-    async def _read_model_info(self, model: str) -> _ModelInfo:
+    async def _read_model_info(self, model: str) -> ModelInfo:
         try:
             config = await self._client.get_model_config(model, as_json=True)
         except InferenceServerException as err:
-            raise errors.from_triton(err, f"reading the config of {model!r}") from err
+            raise triton_errors.from_triton(err, f"reading the config of {model!r}") from err
         body = config.get("config", {})
         raw = body.get("parameters", {})
-        return _ModelInfo(
+        return ModelInfo(
             parameters={key: value.get("string_value", "") for key, value in raw.items()},
             max_batch_size=int(body.get("max_batch_size", 0) or 0),
             outputs=frozenset(str(output.get("name", "")) for output in body.get("output", [])),
             inputs=frozenset(str(tensor.get("name", "")) for tensor in body.get("input", [])),
         )
 
-    async def require_interface(self, model: str, call: str) -> _ModelInfo:
+    async def require_interface(self, model: str, call: str) -> ModelInfo:
         """The loaded model's config, after checking it declares what `call` (a key of INTERFACES)
         sends and reads; INVALID_ARGUMENT naming what it lacks otherwise."""
         info = await self.model_info(model)
@@ -243,7 +184,7 @@ class TritonGateway:
             tensor.shape.extend((len(texts), 1))
         # Triton's raw BYTES layout: each element is a little-endian uint32 length, then the bytes.
         encoded = [text.encode("utf-8") for text in texts]
-        request.raw_input_contents.append(b"".join(struct.pack("<I", len(e)) + e for e in encoded))
+        request.raw_input_contents.append(raw_bytes(encoded))
         request.raw_input_contents.append(bytes(normalize))  # one byte per BOOL
         try:
             response = await self._stub.ModelInfer(request)
@@ -314,7 +255,7 @@ class TritonGateway:
                 if final_seen:
                     return
         except Exception as err:
-            code = errors.triton_status(err)
+            code = triton_errors.triton_status(err)
             if code is None:
                 raise
             raise self._inference_error(err, model, f"streaming from {model!r}") from err
@@ -324,225 +265,23 @@ class TritonGateway:
             else:
                 # Read the call to its end (Triton closes it): dropped, it would be cancelled
                 # when garbage-collected, which is the cancel after the final response.
-                drain = asyncio.get_running_loop().create_task(_read_to_end(responses))
-                _DRAINING.add(drain)
-                drain.add_done_callback(_DRAINING.discard)
+                text_stream.read_to_end_in_background(responses)
 
     def _inference_error(self, err: BaseException, model: str, doing: str) -> errors.AdapterError:
         """An inference failure as our error. NOT_FOUND means Triton unloaded the model behind our
         back (the scheduler holds it loaded otherwise): retryable, and our cache of it is stale."""
-        if errors.triton_status(err) == errors.Code.NOT_FOUND:
+        if triton_errors.triton_status(err) == triton_errors.Code.NOT_FOUND:
             self.forget(model)
             if self.on_model_missing is not None:
                 self.on_model_missing(model)
             return errors.Unavailable(f"model {model!r} was unloaded while the request started; retry it")
-        return errors.from_triton(err, doing)
+        return triton_errors.from_triton(err, doing)
 
     def forget(self, model: str) -> None:
         """Drops what we cached about a model (it was unloaded or reloaded)."""
         self._model_info.pop(model, None)
 
-    async def stream_text(self, request: TextGenerationRequest) -> AsyncIterator[TextChunk]:
-        """Streams the LLM model's responses; cancelling the consumer cancels the Triton request.
-
-        Responses that arrived while the consumer was busy (it writes to a slower client) come as one
-        chunk, their texts joined in order; the final response (finish_reason) is always a chunk of
-        its own. On a raw `ModelStreamInfer` call: tritonclient's InferInput/InferResult wrappers
-        (numpy per tensor, three `as_numpy` per response) cost more CPU per chunk than the rest of
-        the adapter (py-spy; see benchmarks/results/streaming.md).
-        """
-        stream = _TextStream(self._stub, _text_request(request))
-        final_seen = False
-        try:
-            while True:
-                try:
-                    responses = await stream.next_batch()
-                except Exception as err:
-                    if errors.triton_status(err) is None:
-                        raise
-                    raise self._inference_error(err, request.model, f"streaming from {request.model!r}") from err
-                if not responses:
-                    break
-                texts: list[bytes] = []
-                for response in responses:
-                    if response.error_message:
-                        # An error response ends its request: it is final (no cancel after it).
-                        final_seen = True
-                        refusal = InferenceServerException(msg=response.error_message)
-                        raise errors.from_triton(refusal, f"streaming from {request.model!r}") from None
-                    text, final = _text_response(response)
-                    if final is None:
-                        texts.append(text)
-                        continue
-                    if texts:
-                        yield TextChunk(text=b"".join(texts).decode("utf-8"))
-                        texts = []
-                    final_seen = True
-                    reason, prompt_tokens, completion_tokens = final
-                    yield TextChunk(
-                        text=text.decode("utf-8"),
-                        finish_reason=reason,
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                    )
-                    return
-                yield TextChunk(text=texts[0].decode("utf-8") if len(texts) == 1 else b"".join(texts).decode("utf-8"))
-        finally:
-            # Left early (our caller went away or failed): cancel the Triton request. Never after
-            # the final response (Triton 2.51 would keep counting the request in flight): the call
-            # is then read to its end in the background instead.
-            stream.finish(cancel=not final_seen)
-        raise errors.Internal(f"model {request.model!r} ended its stream without a final response")
-
-
-# ---- the text stream's raw Triton call ---------------------------------------------------------
-
-# Makes Triton end a failed stream with a real gRPC status instead of an error string in a message.
-_STREAM_METADATA = tuple(STREAM_HEADERS.items())
-# Coalescing window: a stream whose responses come less than a window apart has the ones that follow
-# a response held up to one window, and written with it as one message. A gRPC message costs the
-# adapter (and its client) far more CPU than a response's bytes: py-spy put grpc's write at half of
-# the event loop's time at 16 streams of the no-compute chunk_counter model. The window is
-# COALESCE_WINDOW_S per text stream open in the adapter (under load, fewer messages), at most
-# COALESCE_MAX_WINDOW_S. A stream slower than its window (an LLM's tokens, 10+ ms apart at low
-# concurrency) is never held; the first response of a stream never is.
-COALESCE_WINDOW_S = 0.001
-COALESCE_MAX_WINDOW_S = 0.010
-# Calls whose final response was seen, read to their end in the background; held here so that the
-# garbage collector (which would cancel them) leaves them alone.
-_DRAINING: set[asyncio.Task[None]] = set()
-_open_text_streams = 0
-
-
-async def _read_to_end(responses: AsyncIterator[Any]) -> None:
-    with contextlib.suppress(Exception):
-        async for _ in responses:
-            pass
-
-
-def _text_stream_closed(_: asyncio.Task[None]) -> None:
-    global _open_text_streams
-    _open_text_streams -= 1
-
-
-def _raw_bytes_element(raw: bytes) -> bytes:
-    """The first element of a raw BYTES tensor: a little-endian uint32 length, then the bytes."""
-    return raw[4 : 4 + int.from_bytes(raw[:4], "little")]
-
-
-def _text_request(request: TextGenerationRequest) -> service_pb2.ModelInferRequest:
-    triton_request = service_pb2.ModelInferRequest(model_name=request.model)
-    if request.messages is not None:
-        second = ("messages", json.dumps(request.messages))
-    else:
-        second = ("text_input", request.prompt or "")
-    for name, value in (("sampling_parameters", json.dumps(request.sampling)), second):
-        tensor = triton_request.inputs.add()
-        tensor.name, tensor.datatype = name, "BYTES"
-        tensor.shape.append(1)
-        encoded = value.encode("utf-8")
-        triton_request.raw_input_contents.append(struct.pack("<I", len(encoded)) + encoded)
-    return triton_request
-
-
-def _text_response(response: Any) -> tuple[bytes, tuple[str, int, int] | None]:
-    """(text, None) for a chunk; (text, (finish_reason, prompt_tokens, completion_tokens)) for the
-    final one (the caller handles error responses first)."""
-    infer = response.infer_response
-    outputs = infer.outputs
-    raw = infer.raw_output_contents
-    if len(outputs) == 1 and outputs[0].name == "text_output":  # the usual chunk: nothing else to look at
-        return _raw_bytes_element(raw[0]), None
-    text = b""
-    reason: str | None = None
-    prompt_tokens = completion_tokens = 0
-    for i, output in enumerate(outputs):
-        name = output.name
-        if name == "text_output":
-            text = _raw_bytes_element(raw[i])
-        elif name == "finish_reason":
-            reason = _raw_bytes_element(raw[i]).decode("utf-8")
-        elif name == "prompt_tokens":
-            prompt_tokens = int.from_bytes(raw[i][:4], "little", signed=True)
-        elif name == "completion_tokens":
-            completion_tokens = int.from_bytes(raw[i][:4], "little", signed=True)
-    return text, (None if reason is None else (reason, prompt_tokens, completion_tokens))
-
-
-class _TextStream:
-    """One request on a raw Triton `ModelStreamInfer` call. A reader task keeps taking responses
-    off the call while the consumer is busy, so the consumer gets everything that is ready at once
-    (and can merge it) instead of one response per wake-up."""
-
-    __slots__ = ("_call", "_pending", "_error", "_ended", "_waiter", "_reader", "_arrived", "_gap")
-
-    def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, request: service_pb2.ModelInferRequest):
-        self._call = stub.ModelStreamInfer(metadata=_STREAM_METADATA)
-        self._pending: list[Any] = []
-        self._error: BaseException | None = None
-        self._ended = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._arrived = 0.0  # when the last response arrived (loop time)
-        self._gap = float("inf")  # the time between the last two responses
-        self._reader = asyncio.get_running_loop().create_task(self._read(request))
-        global _open_text_streams
-        _open_text_streams += 1
-        self._reader.add_done_callback(_text_stream_closed)  # also when cancelled before it ran
-
-    async def _read(self, request: service_pb2.ModelInferRequest) -> None:
-        call = self._call
-        clock = asyncio.get_running_loop().time
-        try:
-            await call.write(request)
-            await call.done_writing()
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    break
-                self._pending.append(response)
-                now = clock()
-                self._gap, self._arrived = now - self._arrived, now
-                waiter = self._waiter
-                if waiter is not None:
-                    self._waiter = None
-                    if not waiter.done():
-                        waiter.set_result(None)
-        except asyncio.CancelledError:
-            self._error = self._error or errors.Cancelled("the Triton stream was cancelled")
-        except Exception as err:  # noqa: BLE001 - handed to the consumer, which maps it
-            self._error = err
-        finally:
-            self._ended = True
-            waiter, self._waiter = self._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    async def next_batch(self) -> list[Any]:
-        """Every response that arrived since the last call, in order (waits for one); [] at the
-        call's end; raises the call's error once the responses before it were taken."""
-        while not self._pending:
-            if self._ended:
-                if self._error is not None:
-                    raise self._error
-                return []
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        window = min(COALESCE_WINDOW_S * _open_text_streams, COALESCE_MAX_WINDOW_S)
-        if len(self._pending) == 1 and self._gap < window and not self._ended:
-            # Responses come fast: give the next ones the rest of the window to join this one.
-            hold = self._arrived + window - asyncio.get_running_loop().time()
-            if hold > 0:
-                await asyncio.sleep(hold)
-        batch, self._pending = self._pending, []
-        return batch
-
-    def finish(self, cancel: bool) -> None:
-        if self._ended:
-            return
-        if cancel:
-            self._call.cancel()
-            self._reader.cancel()
-            return
-        # The final response was seen: let the reader take the call to its end (its status).
-        _DRAINING.add(self._reader)
-        self._reader.add_done_callback(_DRAINING.discard)
+    def stream_text(self, request: TextGenerationRequest) -> AsyncIterator[TextChunk]:
+        """Streams the LLM model's responses (adapter/triton/text_stream.py); closing or cancelling
+        the consumer cancels the Triton request."""
+        return text_stream.stream_text(self._stub, request, self._inference_error)

@@ -14,7 +14,7 @@ from adapter.config import Settings
 from adapter.core.embedding import EmbeddingService
 from adapter.core.errors import ResourceExhausted
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.triton.gateway import EmbeddingRows
+from adapter.triton.types import EmbeddingRows
 
 
 class HeldGateway:

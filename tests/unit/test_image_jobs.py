@@ -21,8 +21,8 @@ from adapter.core.image_inputs import ImageSpec
 from adapter.scheduling.image_jobs import ImageJobService, JobView
 from adapter.scheduling.job_store import JobStore
 from adapter.scheduling.scheduler import Scheduler
-from adapter.triton.gateway import ImageProgress, _ModelInfo
 from adapter.triton.memory_readings import DeviceReading, MemoryReading
+from adapter.triton.types import ImageProgress, ModelInfo
 
 
 def _png(width: int, height: int) -> bytes:
@@ -65,8 +65,8 @@ class FakeTriton:
         return MemoryReading([DeviceReading("cpu", 10_000, 0)])
 
     # The gateway
-    async def model_info(self, model: str) -> _ModelInfo:
-        return _ModelInfo(outputs=OUTPUTS[model])
+    async def model_info(self, model: str) -> ModelInfo:
+        return ModelInfo(outputs=OUTPUTS[model])
 
     async def stream_image(
         self,

@@ -12,7 +12,8 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from adapter.core import errors
-from adapter.triton.gateway import TextGenerationRequest, TritonGateway
+from adapter.triton.gateway import TritonGateway
+from adapter.triton.types import TextGenerationRequest
 
 
 def _bytes(value: str) -> bytes:

@@ -8,13 +8,22 @@ from typing import Any
 import grpc
 import pytest
 
+from adapter.core import types as t
 from adapter.core import validation
 from adapter.core.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.grpc_front import convert
+from adapter.grpc_front.status import grpc_code
 
 
-def options(**fields: Any) -> pb.GenerationOptions:
-    return pb.GenerationOptions(**fields)
+def options(**fields: Any) -> t.GenerationOptions:
+    """Options as a gRPC client sends them (32-bit floats), converted as the front does."""
+    return convert.generation_options(pb.GenerationOptions(**fields))
+
+
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """validation.chat_messages over the messages of a gRPC request, converted as the front does."""
+    return validation.chat_messages(convert.chat_request(pb.ChatStreamRequest(messages=messages)).messages)
 
 
 # --- model, prompt, messages ----------------------------------------------------------------
@@ -28,7 +37,7 @@ def test_model_name_is_returned_when_given() -> None:
 def test_missing_model_is_invalid_argument(model: str) -> None:
     with pytest.raises(InvalidArgument, match="model is required") as raised:
         validation.require_model(model)
-    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert grpc_code(raised.value.code) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_prompt_is_returned_unchanged() -> None:
@@ -46,7 +55,7 @@ def test_chat_messages_become_role_content_dicts() -> None:
         pb.ChatMessage(role="user", content="hi"),
         pb.ChatMessage(role="assistant", content=""),
     ]
-    assert validation.chat_messages(messages) == [
+    assert chat_messages(messages) == [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": ""},
@@ -55,30 +64,30 @@ def test_chat_messages_become_role_content_dicts() -> None:
 
 def test_chat_messages_of_a_real_request_are_accepted() -> None:
     request = pb.ChatStreamRequest(model="llm", messages=[pb.ChatMessage(role="user", content="hi")])
-    assert validation.chat_messages(request.messages) == [{"role": "user", "content": "hi"}]
+    assert chat_messages(request.messages) == [{"role": "user", "content": "hi"}]
 
 
 def test_no_messages_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgument, match="messages must not be empty"):
-        validation.chat_messages(pb.ChatStreamRequest(model="llm").messages)
+        chat_messages(pb.ChatStreamRequest(model="llm").messages)
 
 
 @pytest.mark.parametrize("role", ["tool", "USER", "", "function"])
 def test_unknown_role_is_invalid_argument_naming_the_message(role: str) -> None:
     messages = [pb.ChatMessage(role="user", content="hi"), pb.ChatMessage(role=role, content="x")]
     with pytest.raises(InvalidArgument, match=r"messages\[1\]\.role"):
-        validation.chat_messages(messages)
+        chat_messages(messages)
 
 
 def test_messages_that_are_all_blank_are_invalid_argument() -> None:
     messages = [pb.ChatMessage(role="system", content=" "), pb.ChatMessage(role="user", content="\n")]
     with pytest.raises(InvalidArgument, match="messages must contain some text"):
-        validation.chat_messages(messages)
+        chat_messages(messages)
 
 
 def test_one_message_with_text_is_enough() -> None:
     messages = [pb.ChatMessage(role="system", content=""), pb.ChatMessage(role="user", content="hi")]
-    assert len(validation.chat_messages(messages)) == 2
+    assert len(chat_messages(messages)) == 2
 
 
 # --- sampling options ------------------------------------------------------------------------
@@ -211,9 +220,9 @@ def test_too_many_stop_sequences_are_invalid_argument() -> None:
 
 
 def test_options_of_a_real_generate_request_are_checked() -> None:
-    request = pb.GenerateStreamRequest(model="llm", prompt="hi", options=options(top_p=2.0))
+    request = pb.GenerateStreamRequest(model="llm", prompt="hi", options=pb.GenerationOptions(top_p=2.0))
     with pytest.raises(InvalidArgument, match="options.top_p"):
-        validation.sampling_parameters(request.options, None)
+        validation.sampling_parameters(convert.generation_options(request.options), None)
 
 
 class TestEmbeddingInputs:
@@ -253,5 +262,5 @@ def test_a_duration_with_mixed_signs_is_refused(seconds: int, nanos: int) -> Non
     from google.protobuf.duration_pb2 import Duration
 
     with pytest.raises(InvalidArgument, match="same sign"):
-        validation.duration_seconds("keep_alive", Duration(seconds=seconds, nanos=nanos))
-    assert validation.duration_seconds("keep_alive", Duration(seconds=0, nanos=-5)) == -5e-9
+        convert.duration_seconds("keep_alive", Duration(seconds=seconds, nanos=nanos))
+    assert convert.duration_seconds("keep_alive", Duration(seconds=0, nanos=-5)) == -5e-9
