@@ -39,7 +39,10 @@ class ModelList(BaseModel):
 # ---- chat and completions ------------------------------------------------------------------
 
 
-class TextPart(_Request):
+class TextPart(BaseModel):
+    # Other kinds of parts (image_url, input_audio) get through to convert.py, which refuses them by name.
+    model_config = ConfigDict(extra="allow")
+
     type: str = Field(description='"text"; other kinds of content are refused')
     text: str | None = None
 

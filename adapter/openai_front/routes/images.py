@@ -60,7 +60,8 @@ async def generations(
     idempotency_key: str | None = IDEMPOTENCY,
     core: CoreServices = Depends(services),  # noqa: B008 - FastAPI's idiom
 ) -> JSONResponse:
-    convert.refuse_unsupported({name: getattr(body, name) for name in body.model_fields_set})
+    # n is honoured here (num_images), unlike in chat.
+    convert.refuse_unsupported({name: getattr(body, name) for name in body.model_fields_set - {"n"}})
     if body.stream:
         raise unsupported("stream", "images come whole, when the job is done")
     convert.check_image_formats(body.response_format, body.output_format)
