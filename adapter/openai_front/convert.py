@@ -16,52 +16,13 @@ import numpy as np
 from adapter.core import types as t
 from adapter.openai_front import schemas as s
 from adapter.openai_front.errors import HttpError, unsupported
-
-# Option -> (the values that ask for nothing, why other values are refused). Declared once, so a
-# new option (issue 20's tools) is one line here until the core honours it.
-_ONE_CHOICE = "this server returns one choice per request; send several requests"
-_NO_LOGPROBS = "this server does not return log probabilities"
-_NO_TOOLS = "tools and structured output are not available on this server yet"
-REFUSED_UNLESS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "n": ((None, 1), _ONE_CHOICE),
-    "best_of": ((None, 1), _ONE_CHOICE),
-    "logprobs": ((None, False, 0), _NO_LOGPROBS),
-    "top_logprobs": ((None, 0), _NO_LOGPROBS),
-    "logit_bias": ((None, {}), "the sampler takes no per-token bias"),
-    "echo": ((None, False), "the prompt is not returned with the completion"),
-    "suffix": ((None, ""), "the model does not fill in between a prompt and a suffix"),
-    "tools": ((None, []), _NO_TOOLS),
-    "tool_choice": ((None, "none"), _NO_TOOLS),
-    "parallel_tool_calls": ((None,), _NO_TOOLS),
-    "functions": ((None, []), _NO_TOOLS),
-    "function_call": ((None, "none"), _NO_TOOLS),
-    "response_format": ((None, {"type": "text"}), _NO_TOOLS),
-    "audio": ((None,), "the models here read and write text only"),
-    "modalities": ((None, ["text"]), "the models here read and write text only"),
-    "prediction": ((None,), "predicted outputs are not supported"),
-    "reasoning_effort": ((None,), "the models here do not reason in separate steps"),
-    "verbosity": ((None,), "the models here take no verbosity setting"),
-    "service_tier": ((None, "auto", "default"), "this server has one service tier"),
-    "web_search_options": ((None,), "this server does not search the web"),
-    "store": ((None, False), "this server keeps no completions"),
-    "metadata": ((None, {}), "this server keeps no completions to tag"),
-    "prompt_cache_key": ((None,), "this server has no prompt cache to route by"),
-    "prompt_cache_retention": ((None,), "this server has no prompt cache to route by"),
-    # Images.
-    "quality": ((None, "auto", "standard"), "the image model has one quality; use steps"),
-    "style": ((None,), "the image model takes no style; describe it in the prompt"),
-    "background": ((None, "auto", "opaque"), "the image model paints opaque pictures"),
-    "moderation": ((None, "auto"), "this server does not moderate images"),
-    "output_compression": ((None, 100), "images are lossless PNG"),
-    "partial_images": ((None, 0), "partial images are not streamed; progress is in CheckImageStatus over gRPC"),
-    "input_fidelity": ((None,), "the image model takes no input fidelity; use strength"),
-}
+from model_runtime import sampling_limits
 
 
 def refuse_unsupported(values: dict[str, Any]) -> None:
     """400 naming the first option set to something this server cannot do."""
     for name, value in values.items():
-        rule = REFUSED_UNLESS.get(name)
+        rule = s.REFUSED_UNLESS.get(name)
         if rule is not None and value not in rule[0]:
             raise unsupported(name, f"{rule[1]} (got {json.dumps(value, default=str)[:100]})")
 
@@ -77,6 +38,8 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
 
 
 def _options(body: s._Sampling, max_tokens: int | None) -> t.GenerationOptions:
+    if body.seed is not None and not 0 <= body.seed < sampling_limits.MAX_SEED:
+        raise HttpError(400, f"seed must be in [0, 2^64); got {body.seed}", param="seed")
     return t.GenerationOptions(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -128,7 +91,8 @@ def chat_request(body: s.ChatCompletionRequest) -> tuple[t.ChatRequest, bool]:
     for i, message in enumerate(body.messages):
         for field in ("name", "tool_calls", "tool_call_id"):
             if getattr(message, field) is not None:
-                raise unsupported(f"messages[{i}].{field}", _NO_TOOLS if field != "name" else "messages carry no names")
+                why = s.NO_TOOLS if field != "name" else "messages carry no names"
+                raise unsupported(f"messages[{i}].{field}", why)
         # OpenAI's newer name for the system role.
         role = "system" if message.role == "developer" else message.role
         messages.append(t.ChatMessage(role=role, content=_content(i, message.content)))
