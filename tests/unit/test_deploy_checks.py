@@ -459,3 +459,28 @@ def test_k8s_catches_metrics_on_the_loopback(root: Path, new_problems: NewProble
         root, "k8s", lambda: edit(manifest, "--metrics-address=0.0.0.0\n", "--metrics-address=127.0.0.1\n")
     )
     assert any("metrics listen on 127.0.0.1: Prometheus cannot scrape them" in p for p in found), found
+
+
+# --- the OpenAI-compatible HTTP port --------------------------------------------------------------
+
+
+def test_compose_catches_the_http_port_left_unpublished(root: Path, new_problems: NewProblems) -> None:
+    compose = root / "docker-compose.grpc.yml"
+    published = '      - "${ADAPTER_PUBLISH_ADDRESS:-0.0.0.0}:${OPENAI_HTTP_PORT:-8080}:${OPENAI_HTTP_PORT:-8080}"\n'
+    found = new_problems(root, "compose", lambda: edit(compose, published, ""))
+    assert any("the OpenAI HTTP port 8080 (OPENAI_HTTP_PORT) is not published" in p for p in found), found
+
+
+def test_k8s_catches_the_http_port_undeclared_unserviced_or_blocked(root: Path, new_problems: NewProblems) -> None:
+    k8s = root / "docker" / "k8s"
+    container_port = "            - name: http\n              containerPort: 8080\n              protocol: TCP\n"
+    found = new_problems(root, "k8s", lambda: edit(k8s / "statefulset.yaml", container_port, ""))
+    assert any("serves HTTP on 8080 (OPENAI_HTTP_PORT) but declares no such port" in p for p in found), found
+    found = new_problems(
+        root, "k8s", lambda: edit(k8s / "service.yaml", "      targetPort: 8080\n", "      targetPort: 8081\n")
+    )
+    assert any("no Service targets the adapter's HTTP port 8080" in p for p in found), found
+    found = new_problems(
+        root, "k8s", lambda: edit(k8s / "networkpolicy.yaml", "        - port: 8080\n          protocol: TCP\n", "")
+    )
+    assert any("NetworkPolicy does not let clients reach HTTP port 8080" in p for p in found), found
