@@ -7,8 +7,8 @@ concurrency (1, 16, 64 streams), in one run, alternating in rounds. Two models:
 - `llm`: the tiny random-weight Llama-style model the tests serve (tests/harness.py TINY_LLM).
 
 Both clients are lean, so that the load generator (which shares the CPU) costs each path alike:
-gRPC through grpc.aio stubs; HTTP through httpx2 (the transport the openai SDK uses), reading
-`data:` lines and decoding each event's JSON, without the SDK's pydantic models.
+gRPC through grpc.aio stubs (C core); HTTP through a minimal HTTP/1.1 client on asyncio streams
+(kept-alive connections, chunked SSE, each event's JSON decoded), not httpx or the SDK's models.
 
 Writes benchmarks/results/openai_front.md and .json (or --out).
 
@@ -25,14 +25,15 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
-import httpx2
 
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
@@ -56,14 +57,22 @@ class Fronts:
             messages=[pb.ChatMessage(**m) for m in MESSAGES],
             options=pb.GenerationOptions(max_tokens=max_tokens),
         )
-        # One connection per concurrent stream, kept alive, as an SDK's pool does.
-        limits = httpx2.Limits(max_connections=streams, max_keepalive_connections=streams)
-        self._http = httpx2.AsyncClient(base_url=http_url, limits=limits, timeout=300)
-        self._body = json.dumps({"model": model, "messages": MESSAGES, "max_tokens": max_tokens, "stream": True})
+        # One kept-alive connection per concurrent stream, as an SDK's pool keeps, spoken by a
+        # minimal HTTP/1.1 client: httpx (pure Python, h11) would cost the shared CPU several times
+        # what grpc.aio's C core costs the gRPC path, and the figures are to compare the fronts.
+        address = urlsplit(http_url)
+        self._host, self._port = address.hostname or "127.0.0.1", address.port or 80
+        body = json.dumps({"model": model, "messages": MESSAGES, "max_tokens": max_tokens, "stream": True}).encode()
+        self._post = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nhost: {self._host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self._connections: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
 
     async def close(self) -> None:
         await self._channel.close()
-        await self._http.aclose()
+        for _, writer in self._connections.values():
+            writer.close()
 
     async def grpc(self, client: int) -> AsyncIterator[tuple[int, bool]]:
         call = self._stub.ChatStream(self._request, timeout=300)
@@ -79,20 +88,42 @@ class Fronts:
                 call.cancel()
 
     async def http(self, client: int) -> AsyncIterator[tuple[int, bool]]:
-        headers = {"content-type": "application/json"}
-        async with self._http.stream("POST", "/v1/chat/completions", content=self._body, headers=headers) as response:
-            if response.status_code != 200:
-                raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                if line == "data: [DONE]":
-                    yield 0, True
-                    return
-                event = json.loads(line[6:])
-                choices = event.get("choices") or [{}]
-                text = choices[0].get("delta", {}).get("content") or ""
-                yield self.count(text.encode()), False
+        connection = self._connections.get(client)
+        if connection is None:
+            connection = self._connections[client] = await asyncio.open_connection(self._host, self._port)
+            # As httpx and curl do: without it the request waits ~40 ms for a delayed ACK.
+            connection[1].get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader, writer = connection
+        writer.write(self._post)
+        done = False
+        try:
+            status = await reader.readline()
+            if not status.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"HTTP answered {status!r}")
+            while await reader.readline() != b"\r\n":  # headers; the body is chunked
+                pass
+            pending = b""
+            while not done:
+                size = int(await reader.readline(), 16)
+                data = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                pending += data[:-2]
+                *events, pending = pending.split(b"\n\n")
+                for event in events:
+                    if event == b"data: [DONE]":
+                        done = True
+                        yield 0, True
+                        break
+                    choices = json.loads(event[6:]).get("choices") or [{}]
+                    text = choices[0].get("delta", {}).get("content") or ""
+                    yield self.count(text.encode()), False
+            if done:  # the empty last chunk, so the connection is ready for the next request
+                await reader.readexactly(5)
+        finally:
+            if not done:  # abandoned (the round's end): this connection's response is cut short
+                writer.close()
+                self._connections.pop(client, None)
 
 
 async def _measure(
