@@ -32,6 +32,7 @@ RUN pip install --no-cache-dir \
         starlette==1.10.0 \
         pydantic==2.14.4 \
         uvicorn==0.54.0 \
+        httptools==0.9.0 \
         python-multipart==0.0.34
 
 # ---- runtime: the virtualenv, the adapter's code, a non-root user ----
