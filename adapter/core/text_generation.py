@@ -70,7 +70,7 @@ class TextGenerationService:
     async def _generate(
         self, request: TextGenerationRequest, options: t.GenerationOptions, arrived: float, load_seconds: float
     ) -> AsyncIterator[t.TextDelta]:
-        call = "chat" if request.messages is not None else "generate"
+        call = "generate" if request.messages is None else "chat with tools" if request.tools else "chat"
         limit = (await self._gateway.require_interface(request.model, call)).parameters.get("max_tokens_limit")
         sampling = validation.sampling_parameters(options, int(limit) if limit else None)
         if request.guided_decoding is not None:
