@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,16 @@ from xgrammar.structural_tag import (
 )
 
 from model_runtime.text_generation import InvalidRequest
-from model_runtime.tool_calls import CLOSE_TAG, OPEN_TAG, Tool, ToolChoice, parse_tool_choice, parse_tools
+from model_runtime.tool_calls import (
+    CLOSE_TAG,
+    OPEN_TAG,
+    Tool,
+    ToolChoice,
+    chat_prompt_ids,
+    parse_chat_messages,
+    parse_tool_choice,
+    parse_tools,
+)
 
 GUIDED_KINDS = ("json", "json_object", "regex", "choice")
 MAX_CHOICES = 1024
@@ -70,6 +80,11 @@ class StructuredRequest:
     constraint: Constraint | None
     tools: list[Tool]
     tool_choice: ToolChoice
+
+    def chat_prompt_ids(self, tokenizer: Any, messages_json: str) -> list[int]:
+        """The `messages` input checked (tool calls and tool results included) and rendered with
+        the chat template, this request's tools in it."""
+        return chat_prompt_ids(tokenizer, parse_chat_messages(messages_json), self.tools)
 
 
 class Grammars:
@@ -172,7 +187,9 @@ class Grammars:
             layout = tags[0]
         return self._compile("tools", self.compiler.compile_structural_tag, StructuralTag(format=layout))
 
-    def _compile(self, where: str, compile_with: Any, *args: Any, **options: Any) -> xgr.CompiledGrammar:
+    def _compile(
+        self, where: str, compile_with: Callable[..., xgr.CompiledGrammar], *args: Any, **options: Any
+    ) -> xgr.CompiledGrammar:
         try:
             return compile_with(*args, **options)
         except (RuntimeError, ValueError) as err:
