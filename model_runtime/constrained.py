@@ -158,7 +158,7 @@ class Grammars:
     def json_schema(self, schema: dict[str, Any], where: str) -> xgr.CompiledGrammar:
         """A JSON schema's grammar: compact JSON (no free whitespace, which a model could repeat
         until max_tokens), no properties beyond the schema's unless it allows them."""
-        text = json.dumps(schema, sort_keys=True)  # one cache entry per schema, whatever its key order
+        text = json.dumps(_bounded_strings_as_patterns(schema))  # key order kept: it is the output's
         return self._compile(where, self.compiler.compile_json_schema, text, any_whitespace=False, strict_mode=True)
 
     def tool_calls(self, tools: list[Tool], choice: ToolChoice) -> xgr.CompiledGrammar:
@@ -173,7 +173,9 @@ class Grammars:
             TagFormat(
                 begin=f"{OPEN_TAG}\n{{{json.dumps('name')}: {json.dumps(tool.name)}, {json.dumps('arguments')}: ",
                 # At most one whitespace character in a row: a weak model cannot pad for ever.
-                content=JSONSchemaFormat(json_schema=tool.parameters, max_whitespace_cnt=1),
+                content=JSONSchemaFormat(
+                    json_schema=_bounded_strings_as_patterns(tool.parameters), max_whitespace_cnt=1
+                ),
                 end=f"}}\n{CLOSE_TAG}",
             )
             for _, tool in selected
@@ -227,6 +229,29 @@ def _split_guided_decoding(text: str | None) -> tuple[str | None, Any]:
         return text, None
     guided = raw.pop("guided_decoding")
     return json.dumps(raw), guided
+
+
+# Values that are data, not subschemas: left as they are.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+
+
+def _bounded_strings_as_patterns(schema: Any) -> Any:
+    """The schema with each string's minLength/maxLength (when it has no pattern or format) given
+    as a pattern instead. xgrammar 0.2.9 turns a length-bounded string into a character class that
+    lets raw control characters through, which is not JSON (mlc-ai/xgrammar#800, fix pending in
+    #880); its pattern path escapes correctly. `^.{m,n}$` means the same lengths (it only leaves out
+    newlines, and quotes and backslashes, which that path cannot emit escaped)."""
+    if isinstance(schema, list):
+        return [_bounded_strings_as_patterns(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _DATA_KEYWORDS else _bounded_strings_as_patterns(v) for k, v in schema.items()}
+    bounded = "minLength" in out or "maxLength" in out
+    if out.get("type") == "string" and bounded and "pattern" not in out and "format" not in out:
+        low, high = out.pop("minLength", 0), out.pop("maxLength", "")
+        if isinstance(low, int) and isinstance(high, int | str):
+            out["pattern"] = f"^.{{{low},{high}}}$"
+    return out
 
 
 def _schema(value: Any, where: str) -> dict[str, Any]:
