@@ -10,12 +10,12 @@ Layout of the running batch:
   real tokens are its last `length` columns;
 - `attention_mask` `[rows, columns]` (0 on padding), and per row the next position id.
 Per-request state (sampler with its own generator, stop-sequence buffer, incremental detokenizer,
-grammar matcher and tool-call parser) lives beside the batch in `Sequence`, not in it, so every
+grammar state and tool-call parser) lives beside the batch in `Sequence`, not in it, so every
 option holds inside the batch.
 
 Constrained decoding (model_runtime/constrained.py): a request submitted with a `Constraint` gets a
-grammar matcher; at each step the constrained rows' logits are masked together (one bitmask, one
-batched fill) before any row is sampled, and each sampled token advances its matcher. A request
+grammar state; at each step the constrained rows' logits are masked together (one bitmask, one
+batched fill) before any row is sampled, and each sampled token advances its state. A request
 with tool calls has its `<tool_call>` blocks parsed out of its text into tool-call deltas, and
 ends with "tool_calls" when it made any.
 
@@ -43,7 +43,7 @@ from tokenizers.decoders import DecodeStream
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from model_runtime.constrained import Constraint, LogitsMasker
+from model_runtime.constrained import Constraint, GrammarState, LogitsMasker
 from model_runtime.text_generation import (
     InvalidRequest,
     NonFiniteProbabilities,
@@ -89,7 +89,7 @@ class Sequence:
     detokenizer: DecodeStream
     generated: list[int] = field(default_factory=list)
     done: bool = False
-    matcher: Any = None  # xgrammar.GrammarMatcher of a constrained request
+    grammar: GrammarState | None = None  # a constrained request's place in its grammar
     tool_parser: ToolCallParser | None = None
 
     @property
@@ -178,7 +178,7 @@ class BatchingEngine:
             sampler=SeededSampler(params, len(prompt_ids), self.device),
             stops=StopSequenceBuffer(params.stop),
             detokenizer=DecodeStream(ids=context, skip_special_tokens=True),
-            matcher=constraint.matcher() if constraint is not None else None,
+            grammar=constraint.start() if constraint is not None else None,
             tool_parser=ToolCallParser() if constraint is not None and constraint.tool_calls else None,
         )
         if constraint is not None and self._masker is None:
@@ -375,11 +375,11 @@ class BatchingEngine:
         argmax, the sampled ones in one `sample_rows`); records it, streams its text, and ends the
         row when it is done. A row whose sampling fails ends with an error; the others go on."""
         tokens: list[int | None] = [None] * len(rows)
-        constrained = [i for i, s in enumerate(rows) if s.matcher is not None]
+        constrained = [(i, s.grammar) for i, s in enumerate(rows) if s.grammar is not None]
         if constrained:
             assert self._masker is not None
             # Before penalties and sampling: a forbidden token is -inf whatever comes after.
-            self._masker.mask(logits, constrained, [rows[i].matcher for i in constrained])
+            self._masker.mask(logits, [i for i, _ in constrained], [state for _, state in constrained])
         greedy = [i for i, s in enumerate(rows) if s.greedy_and_plain]
         if greedy:
             picks = logits[greedy].argmax(dim=-1).tolist()
@@ -431,8 +431,8 @@ class BatchingEngine:
     def _advance(self, sequence: Sequence, token: int) -> StepOutput:
         first = not sequence.generated
         sequence.generated.append(token)
-        if sequence.matcher is not None and not sequence.matcher.accept_token(token):
-            # The mask allowed only what the matcher accepts: this is a bug, not the request's.
+        if sequence.grammar is not None and not sequence.grammar.accept(token):
+            # The mask allowed only what the grammar accepts: this is a bug, not the request's.
             log.error("request %s: the grammar refused token %s it had allowed", sequence.request_id, token)
             return self._finish(sequence, "error", "constrained decoding failed: the grammar refused a token")
         if token in self.eos_token_ids:

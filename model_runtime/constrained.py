@@ -23,6 +23,7 @@ The request's shape follows vLLM's `guided_decoding` in `sampling_parameters`:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -59,16 +60,101 @@ CACHE_LIMIT_BYTES = 256 * 2**20
 _ERROR_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*(Check failed: \(.*?\) is false:\s*)?")
 
 
+class Utf8Guard:
+    """Which tokens keep a row's bytes valid UTF-8, by where the row is inside a character.
+
+    xgrammar's regex path (patterns, and the length bounds mapped to them) decodes UTF-8 leniently:
+    it takes an overlong sequence such as E0 94 89 for one character, which the detokenizer turns
+    into three U+FFFD, so a string could outgrow its maxLength. Masking the tokens that would make
+    the bytes invalid UTF-8 closes that (a trained model hardly emits them; random weights do).
+    States: 0 at a character boundary, 1-3 continuation bytes still due, 4-7 the restricted second
+    byte after E0, ED, F0 and F4 (RFC 3629)."""
+
+    def __init__(self, vocabulary: list[bytes], stop_token_ids: set[int]) -> None:
+        states = 8
+        self.allowed = torch.zeros((states, len(vocabulary)), dtype=torch.bool)
+        self.next_state = torch.zeros((states, len(vocabulary)), dtype=torch.uint8)
+        for token, data in enumerate(vocabulary):
+            if token in stop_token_ids or data.isascii():
+                self.allowed[0, token] = True  # the common case, and stop tokens end at a boundary
+                continue
+            for state in range(states):
+                end = _utf8_run(state, data)
+                if end is not None:
+                    self.allowed[state, token] = True
+                    self.next_state[state, token] = end
+
+
+def _utf8_run(state: int, data: bytes) -> int | None:
+    """The UTF-8 state after `data` from `state`, or None where the bytes are not valid UTF-8."""
+    for byte in data:
+        if state == 0:
+            if byte < 0x80:
+                continue
+            lead = _UTF8_LEADS.get(byte)
+            if lead is None:
+                return None
+            state = lead
+        else:
+            low, high, after = _UTF8_CONTINUATIONS[state]
+            if not low <= byte <= high:
+                return None
+            state = after
+    return state
+
+
+# Lead byte -> state; state -> (lowest, highest continuation byte allowed, state after it).
+_UTF8_LEADS = {
+    **dict.fromkeys(range(0xC2, 0xE0), 1),
+    0xE0: 4,
+    **dict.fromkeys([*range(0xE1, 0xED), 0xEE, 0xEF], 2),
+    0xED: 5,
+    0xF0: 6,
+    **dict.fromkeys(range(0xF1, 0xF4), 3),
+    0xF4: 7,
+}
+_UTF8_CONTINUATIONS = {
+    1: (0x80, 0xBF, 0),
+    2: (0x80, 0xBF, 1),
+    3: (0x80, 0xBF, 2),
+    4: (0xA0, 0xBF, 1),
+    5: (0x80, 0x9F, 1),
+    6: (0x90, 0xBF, 2),
+    7: (0x80, 0x8F, 2),
+}
+
+
 @dataclass(frozen=True)
 class Constraint:
     """One request's grammar; `tool_calls`: its text carries tool-call blocks to parse out."""
 
     grammar: xgr.CompiledGrammar
     kind: str  # "json", "json_object", "regex", "choice" or "tools"
+    utf8: Utf8Guard
     tool_calls: bool = False
 
     def matcher(self) -> xgr.GrammarMatcher:
         return xgr.GrammarMatcher(self.grammar)
+
+    def start(self) -> GrammarState:
+        """A request's own state in this grammar, from its first token."""
+        return GrammarState(self.matcher(), self.utf8)
+
+
+@dataclass
+class GrammarState:
+    """Where one request is: in its grammar, and inside a UTF-8 character."""
+
+    matcher: xgr.GrammarMatcher
+    utf8: Utf8Guard
+    utf8_state: int = 0
+
+    def accept(self, token: int) -> bool:
+        """Advances past `token`; False if the grammar refuses it (the mask should have)."""
+        if not self.matcher.accept_token(token):
+            return False
+        self.utf8_state = int(self.utf8.next_state[self.utf8_state, token])
+        return True
 
 
 @dataclass(frozen=True)
@@ -97,6 +183,8 @@ class Grammars:
         self.compiler = xgr.GrammarCompiler(
             self.info, max_threads=_threads(), cache_enabled=True, cache_limit_bytes=CACHE_LIMIT_BYTES
         )
+        vocabulary = list(self.info.decoded_vocab) + [b""] * (vocab_size - len(self.info.decoded_vocab))
+        self.utf8 = Utf8Guard(vocabulary[:vocab_size], stop_token_ids)
 
     def prepare(
         self, sampling_json: str | None, tools_json: str | None, tool_choice_json: str | None, chat: bool
@@ -116,7 +204,7 @@ class Grammars:
                 )
             constraint = self.guided(guided)
         elif choice.mode != "none":
-            constraint = Constraint(self.tool_calls(tools, choice), "tools", tool_calls=True)
+            constraint = Constraint(self.tool_calls(tools, choice), "tools", self.utf8, tool_calls=True)
         # tool_choice none: the model is not shown the tools at all, so it cannot call them.
         return StructuredRequest(rest, constraint, tools if choice.mode != "none" else [], choice)
 
@@ -135,7 +223,7 @@ class Grammars:
         value = guided[kind]
         where = f"{where}.{kind}"
         if kind == "json":
-            return Constraint(self.json_schema(_schema(value, where), where), kind)
+            return Constraint(self.json_schema(_schema(value, where), where), kind, self.utf8)
         if kind == "json_object":
             if value is not True:
                 raise InvalidRequest(f"{where} must be true")
@@ -143,17 +231,17 @@ class Grammars:
             grammar = self._compile(
                 where, self.compiler.compile_json_schema, '{"type": "object"}', any_whitespace=False, strict_mode=False
             )
-            return Constraint(grammar, kind)
+            return Constraint(grammar, kind, self.utf8)
         if kind == "regex":
             if not isinstance(value, str) or not value:
                 raise InvalidRequest(f"{where} must be a non-empty string")
-            return Constraint(self._compile(where, self.compiler.compile_regex, value), kind)
+            return Constraint(self._compile(where, self.compiler.compile_regex, value), kind, self.utf8)
         if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
             raise InvalidRequest(f"{where} must be a non-empty list of non-empty strings")
         if len(value) > MAX_CHOICES:
             raise InvalidRequest(f"{where} takes at most {MAX_CHOICES} choices, got {len(value)}")
         pattern = "|".join(f"({re.escape(c)})" for c in value)
-        return Constraint(self._compile(where, self.compiler.compile_regex, pattern), kind)
+        return Constraint(self._compile(where, self.compiler.compile_regex, pattern), kind, self.utf8)
 
     def json_schema(self, schema: dict[str, Any], where: str) -> xgr.CompiledGrammar:
         """A JSON schema's grammar: compact JSON (no free whitespace, which a model could repeat
@@ -206,15 +294,22 @@ class LogitsMasker:
         self._batch = xgr.BatchGrammarMatcher(max_threads=_threads())
         self._bitmask: torch.Tensor | None = None
 
-    def mask(self, logits: torch.Tensor, rows: list[int], matchers: list[xgr.GrammarMatcher]) -> None:
-        """Sets to -inf, in place, each listed row's logits of the tokens its matcher forbids."""
+    def mask(self, logits: torch.Tensor, rows: list[int], states: list[GrammarState]) -> None:
+        """Sets to -inf, in place, each listed row's logits of the tokens its grammar forbids and
+        of those that would break its UTF-8."""
         rows_total, vocabulary = logits.shape
         if self._bitmask is None or self._bitmask.shape[0] < rows_total or self._bitmask.shape[1] * 32 < vocabulary:
             self._bitmask = xgr.allocate_token_bitmask(max(rows_total, 16), vocabulary)
         bitmask = self._bitmask[:rows_total]
-        self._batch.batch_fill_next_token_bitmask(matchers, bitmask, indices=rows)
+        self._batch.batch_fill_next_token_bitmask([s.matcher for s in states], bitmask, indices=rows)
         with torch.inference_mode():  # the forward's logits are inference tensors
             xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True), indices=rows)
+            guard = states[0].utf8  # one per model: every constraint comes from its Grammars
+            broken = ~guard.allowed[torch.tensor([s.utf8_state for s in states])]
+            index = torch.tensor(rows, device=logits.device)
+            width = min(broken.shape[1], vocabulary)
+            block = logits[index, :width].masked_fill(broken[:, :width].to(logits.device), -math.inf)
+            logits[index, :width] = block
 
 
 def _split_guided_decoding(text: str | None) -> tuple[str | None, Any]:

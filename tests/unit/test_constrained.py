@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model_runtime.batching import BatchingEngine
-from model_runtime.constrained import Grammars, StructuredRequest
+from model_runtime.constrained import Grammars, StructuredRequest, Utf8Guard
 from model_runtime.text_generation import InvalidRequest, SamplingParams
 from model_runtime.tool_calls import ToolCallDelta, merge_tool_call_deltas
 from tests.harness import TINY_LLM
@@ -319,3 +319,14 @@ def test_length_bounded_strings_never_admit_raw_control_characters(grammars: Gra
     assert accepts('{"s": "ab"}') and accepts('{"s": "abcd"}')
     assert not accepts('{"s": "a"}') and not accepts('{"s": "abcde"}')
     assert not accepts('{"s": "a\x01b"}') and not accepts('{"s": "a\tb"}')
+
+
+def test_the_utf8_guard_allows_only_tokens_that_keep_the_bytes_valid_utf8() -> None:
+    vocabulary = [b"a", b"\xe0", b"\x94", b"\xa0", b"\x89", "é".encode(), b"\xc0\x81", "€".encode()[:2], b"</s>"]
+    guard = Utf8Guard(vocabulary, stop_token_ids={8})
+    allowed = {state: [vocabulary[t] for t in range(len(vocabulary)) if guard.allowed[state, t]] for state in range(8)}
+    assert allowed[0] == [b"a", b"\xe0", "é".encode(), "€".encode()[:2], b"</s>"]  # no stray continuation
+    after_e0 = int(guard.next_state[0, 1])
+    assert allowed[after_e0] == [b"\xa0"]  # E0 94 would be an overlong encoding
+    assert allowed[int(guard.next_state[after_e0, 3])] == [b"\x94", b"\xa0", b"\x89"]
+    assert int(guard.next_state[0, 5]) == 0 and int(guard.next_state[0, 7]) != 0  # é is whole, € half
