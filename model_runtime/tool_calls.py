@@ -288,6 +288,7 @@ class ToolCallParser:
     _in_string: bool = False
     _escaped: bool = False
     _started: bool = False
+    _after_call: bool = False  # whitespace right after a call is the calls' separator, not content
     _ids: list[str] = field(default_factory=list)
 
     def push(self, text: str) -> tuple[str, list[ToolCallDelta]]:
@@ -296,6 +297,11 @@ class ToolCallParser:
         deltas: list[ToolCallDelta] = []
         while self._buffer:
             if self._state == "text":
+                if self._after_call:
+                    self._buffer = self._buffer.lstrip()
+                    if not self._buffer:
+                        break
+                    self._after_call = False
                 at = self._buffer.find(OPEN_TAG)
                 if at < 0:
                     hold = _partial_suffix(self._buffer, OPEN_TAG)
@@ -344,7 +350,7 @@ class ToolCallParser:
                     break
                 self._buffer = self._buffer[match.end() :]
                 self.calls += 1
-                self._state = "text"
+                self._state, self._after_call = "text", True
         return "".join(content), deltas
 
     def finish(self) -> tuple[str, list[ToolCallDelta]]:
