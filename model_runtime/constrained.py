@@ -23,7 +23,6 @@ The request's shape follows vLLM's `guided_decoding` in `sampling_parameters`:
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Callable
@@ -83,6 +82,12 @@ class Utf8Guard:
                 if end is not None:
                     self.allowed[state, token] = True
                     self.next_state[state, token] = end
+        # The same, packed as xgrammar's bitmasks (bit j of word i: token 32 i + j), to AND into them.
+        words = (len(vocabulary) + 31) // 32
+        padded = torch.zeros((states, words * 32), dtype=torch.int64)
+        padded[:, : len(vocabulary)] = self.allowed.to(torch.int64)
+        packed = (padded.view(states, words, 32) << torch.arange(32)).sum(dim=-1)
+        self.bits = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
 
 def _utf8_run(state: int, data: bytes) -> int | None:
@@ -302,14 +307,12 @@ class LogitsMasker:
             self._bitmask = xgr.allocate_token_bitmask(max(rows_total, 16), vocabulary)
         bitmask = self._bitmask[:rows_total]
         self._batch.batch_fill_next_token_bitmask([s.matcher for s in states], bitmask, indices=rows)
+        guard = states[0].utf8  # one per model: every constraint comes from its Grammars
+        index = torch.tensor(rows)
+        words = min(guard.bits.shape[1], bitmask.shape[1])
+        bitmask[index, :words] &= guard.bits[torch.tensor([s.utf8_state for s in states]), :words]
         with torch.inference_mode():  # the forward's logits are inference tensors
             xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True), indices=rows)
-            guard = states[0].utf8  # one per model: every constraint comes from its Grammars
-            broken = ~guard.allowed[torch.tensor([s.utf8_state for s in states])]
-            index = torch.tensor(rows, device=logits.device)
-            width = min(broken.shape[1], vocabulary)
-            block = logits[index, :width].masked_fill(broken[:, :width].to(logits.device), -math.inf)
-            logits[index, :width] = block
 
 
 def _split_guided_decoding(text: str | None) -> tuple[str | None, Any]:

@@ -330,3 +330,7 @@ def test_the_utf8_guard_allows_only_tokens_that_keep_the_bytes_valid_utf8() -> N
     assert allowed[after_e0] == [b"\xa0"]  # E0 94 would be an overlong encoding
     assert allowed[int(guard.next_state[after_e0, 3])] == [b"\x94", b"\xa0", b"\x89"]
     assert int(guard.next_state[0, 5]) == 0 and int(guard.next_state[0, 7]) != 0  # é is whole, € half
+    # Packed like xgrammar's bitmasks: bit j of word i is token 32 i + j.
+    for state in range(8):
+        unpacked = [(int(guard.bits[state, t // 32]) >> (t % 32)) & 1 == 1 for t in range(len(vocabulary))]
+        assert unpacked == guard.allowed[state].tolist()
