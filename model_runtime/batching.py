@@ -375,18 +375,22 @@ class BatchingEngine:
         argmax, the sampled ones in one `sample_rows`); records it, streams its text, and ends the
         row when it is done. A row whose sampling fails ends with an error; the others go on."""
         tokens: list[int | None] = [None] * len(rows)
+        failed: dict[int, str] = {}
         constrained = [(i, s.grammar) for i, s in enumerate(rows) if s.grammar is not None]
         if constrained:
             assert self._masker is not None
-            # Before penalties and sampling: a forbidden token is -inf whatever comes after.
-            self._masker.mask(logits, [i for i, _ in constrained], [state for _, state in constrained])
-        greedy = [i for i, s in enumerate(rows) if s.greedy_and_plain]
+            try:
+                # Before penalties and sampling: a forbidden token is -inf whatever comes after.
+                self._masker.mask(logits, [i for i, _ in constrained], [state for _, state in constrained])
+            except Exception as err:  # noqa: BLE001 - unmasked rows must not be sampled; the free ones go on
+                log.exception("constrained decoding failed")
+                failed.update((i, f"constrained decoding failed: {type(err).__name__}: {err}") for i, _ in constrained)
+        greedy = [i for i, s in enumerate(rows) if s.greedy_and_plain and i not in failed]
         if greedy:
             picks = logits[greedy].argmax(dim=-1).tolist()
             for i, token in zip(greedy, picks, strict=True):
                 tokens[i] = int(token)
-        others = [i for i, s in enumerate(rows) if not s.greedy_and_plain]
-        failed: dict[int, str] = {}
+        others = [i for i, s in enumerate(rows) if not s.greedy_and_plain and i not in failed]
         if others:
             block = logits[others].float()
             for j, i in enumerate(others):

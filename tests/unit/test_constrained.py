@@ -334,3 +334,25 @@ def test_the_utf8_guard_allows_only_tokens_that_keep_the_bytes_valid_utf8() -> N
     for state in range(8):
         unpacked = [(int(guard.bits[state, t // 32]) >> (t % 32)) & 1 == 1 for t in range(len(vocabulary))]
         assert unpacked == guard.allowed[state].tolist()
+
+
+def test_a_masking_failure_ends_the_constrained_rows_and_spares_the_free_ones(
+    tiny: tuple[Any, Any], grammars: Grammars, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = guided(grammars, {"json": PERSON})
+    ids = chat_ids(tiny, "x", request)
+    free = SamplingParams(max_tokens=12, temperature=0)
+    e = new_engine(tiny)
+    e.submit(1, ids, SamplingParams(max_tokens=50, temperature=0), request.constraint)
+    e.submit(2, ids, free)
+    assert e._masker is not None
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("bitmask exploded")
+
+    monkeypatch.setattr(e._masker, "mask", broken)
+    results = run_to_end(e, {})
+    assert results[1].finish_reason == "error" and "bitmask exploded" in results[1].error
+    alone = new_engine(tiny)
+    alone.submit(2, ids, free)
+    assert results[2].finish_reason == "length" and results[2].text == run_to_end(alone, {})[2].text
