@@ -88,6 +88,8 @@ class Utf8Guard:
         padded[:, : len(vocabulary)] = self.allowed.to(torch.int64)
         packed = (padded.view(states, words, 32) << torch.arange(32)).sum(dim=-1)
         self.bits = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+        # Plain bytes for the per-token lookup on the step loop (indexing a tensor costs microseconds).
+        self.next_states = [bytes(row.tolist()) for row in self.next_state]
 
 
 def _utf8_run(state: int, data: bytes) -> int | None:
@@ -158,7 +160,7 @@ class GrammarState:
         """Advances past `token`; False if the grammar refuses it (the mask should have)."""
         if not self.matcher.accept_token(token):
             return False
-        self.utf8_state = int(self.utf8.next_state[self.utf8_state, token])
+        self.utf8_state = self.utf8.next_states[self.utf8_state][token]
         return True
 
 
@@ -312,7 +314,11 @@ class LogitsMasker:
         words = min(guard.bits.shape[1], bitmask.shape[1])
         bitmask[index, :words] &= guard.bits[torch.tensor([s.utf8_state for s in states]), :words]
         with torch.inference_mode():  # the forward's logits are inference tensors
-            xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device, non_blocking=True), indices=rows)
+            # On the CPU name the backend: "auto" asks CUDA about stream capture on every call.
+            backend = "cpu" if logits.device.type == "cpu" else "auto"
+            xgr.apply_token_bitmask_inplace(
+                logits, bitmask.to(logits.device, non_blocking=True), indices=rows, backend=backend
+            )
 
 
 def _split_guided_decoding(text: str | None) -> tuple[str | None, Any]:
