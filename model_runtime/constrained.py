@@ -315,9 +315,11 @@ class LogitsMasker:
         bitmask[index, :words] &= guard.bits[torch.tensor([s.utf8_state for s in states]), :words]
         with torch.inference_mode():  # the forward's logits are inference tensors
             # On the CPU name the backend: "auto" asks CUDA about stream capture on every call.
-            backend = "cpu" if logits.device.type == "cpu" else "auto"
             xgr.apply_token_bitmask_inplace(
-                logits, bitmask.to(logits.device, non_blocking=True), indices=rows, backend=backend
+                logits,
+                bitmask.to(logits.device, non_blocking=True),
+                indices=rows,
+                backend="cpu" if logits.device.type == "cpu" else "auto",
             )
 
 
