@@ -255,12 +255,13 @@ def chat_stub(small_models: None, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_the_chat_model_calls_the_weather_tool_for_the_city(chat_stub: pb_grpc.InferenceServiceStub) -> None:
+    # Named: exactly one call (under "required" the greedy 135M model repeats its call until max_tokens).
     request = pb.ChatStreamRequest(
         model="llm",
         messages=[pb.ChatMessage(role="user", content="What is the weather like in Paris today?")],
         options=pb.GenerationOptions(max_tokens=64, temperature=0),
-        tools=[WEATHER],
-        tool_choice=pb.ToolChoice(mode=pb.ToolChoice.MODE_REQUIRED),
+        tools=[WEATHER, TIME],
+        tool_choice=pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function="get_weather"),
     )
     responses = list(chat_stub.ChatStream(request, timeout=120))
     calls = assembled_calls(responses)
