@@ -39,11 +39,10 @@ var weatherTool = client.Tool{
 
 // TestToolsAndResponseFormat checks response_format json_schema and a required tool call
 // against the real adapter with the tiny model: constrained decoding must hold even for random
-// weights. The server side is being wired; set MAISTRO_E2E_TOOLS=1 to run it.
+// weights.
 func TestToolsAndResponseFormat(t *testing.T) {
-	if os.Getenv("MAISTRO_E2E_TOOLS") != "1" {
-		t.Skip("end-to-end test of tools and response_format against the real adapter: " +
-			"set MAISTRO_E2E_TOOLS=1 to run it (needs <repo>/.venv and the LLM model's support)")
+	if os.Getenv("MAISTRO_E2E") != "1" {
+		t.Skip("end-to-end test against the real adapter: set MAISTRO_E2E=1 (needs <repo>/.venv)")
 	}
 	moduleDir := findModuleDir(t)
 	repo := filepath.Dir(moduleDir)
