@@ -73,6 +73,7 @@ bench: models
 	$(PY) -m benchmarks.embeddings
 	$(PY) -m benchmarks.images
 	$(PY) -m benchmarks.model_loads
+	$(PY) -m benchmarks.constrained
 	$(PY) -m benchmarks.summary
 
 clean:

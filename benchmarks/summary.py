@@ -66,6 +66,11 @@ def main() -> None:
         for row in _rows(images):
             if "adapter / direct" in row.get("measure", ""):
                 print(f"Image job, adapter / direct (whole job time): {row['value']}")
+    constrained = RESULTS / "constrained.md"
+    if constrained.exists():
+        print("Constrained decoding, json_schema / free (tokens/s, same model and concurrency):")
+        for row in _rows(constrained):
+            print(f"  {row['weights']:5s} {row['streams']:>3s} streams: {row['constrained / free']}")
     loads = RESULTS / "model_loads.md"
     if loads.exists():
         print("Model loads, adapter / Triton's raw load (median seconds):")

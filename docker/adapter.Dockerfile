@@ -33,7 +33,8 @@ RUN pip install --no-cache-dir \
         pydantic==2.14.4 \
         uvicorn==0.54.0 \
         httptools==0.9.0 \
-        python-multipart==0.0.34
+        python-multipart==0.0.34 \
+        jsonschema==4.26.0
 
 # ---- runtime: the virtualenv, the adapter's code, a non-root user ----
 FROM python:3.11.11-slim-bookworm AS runtime

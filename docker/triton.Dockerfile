@@ -75,7 +75,8 @@ RUN python3 -m pip install --no-cache-dir \
         diffusers==0.42.1 \
         numpy==1.26.4 \
         Pillow==13.0.0 \
-    && python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+        xgrammar==0.2.9 \
+    && python3 -c "import torch, transformers, diffusers, xgrammar; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 # The non-root user that runs tritonserver and owns the weight cache.
 RUN groupadd --gid "${APP_GID}" inference \

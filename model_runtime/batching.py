@@ -9,8 +9,15 @@ Layout of the running batch:
 - one `DynamicCache`, keys/values `[rows, kv_heads, columns, head_dim]`, **left padded**: a row's
   real tokens are its last `length` columns;
 - `attention_mask` `[rows, columns]` (0 on padding), and per row the next position id.
-Per-request state (sampler with its own generator, stop-sequence buffer, incremental detokenizer)
-lives beside the batch in `Sequence`, not in it, so every option holds inside the batch.
+Per-request state (sampler with its own generator, stop-sequence buffer, incremental detokenizer,
+grammar state and tool-call parser) lives beside the batch in `Sequence`, not in it, so every
+option holds inside the batch.
+
+Constrained decoding (model_runtime/constrained.py): a request submitted with a `Constraint` gets a
+grammar state; at each step the constrained rows' logits are masked together (one bitmask, one
+batched fill) before any row is sampled, and each sampled token advances its state. A request
+with tool calls has its `<tool_call>` blocks parsed out of its text into tool-call deltas, and
+ends with "tool_calls" when it made any.
 
 Limits: at most `max_num_seqs` rows run at once, and the tokens they may grow to (prompt +
 max_tokens, reserved when a request is admitted) stay within `kv_cache_tokens`; beyond either,
@@ -36,6 +43,7 @@ from tokenizers.decoders import DecodeStream
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from model_runtime.constrained import Constraint, GrammarState, LogitsMasker
 from model_runtime.text_generation import (
     InvalidRequest,
     NonFiniteProbabilities,
@@ -44,6 +52,7 @@ from model_runtime.text_generation import (
     StopSequenceBuffer,
     sample_rows,
 )
+from model_runtime.tool_calls import ToolCallDelta, ToolCallParser, merge_tool_call_deltas
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +67,12 @@ class StepOutput:
 
     request_id: int
     text: str = ""
-    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error" on the last output
+    finish_reason: str | None = None  # "stop", "length", "tool_calls", "cancelled" or "error" on the last output
     error: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token: bool = False  # this output carries the request's first generated token
+    tool_calls: tuple[ToolCallDelta, ...] = ()  # tool-call deltas parsed out of this output's text
 
     @property
     def finished(self) -> bool:
@@ -79,6 +89,8 @@ class Sequence:
     detokenizer: DecodeStream
     generated: list[int] = field(default_factory=list)
     done: bool = False
+    grammar: GrammarState | None = None  # a constrained request's place in its grammar
+    tool_parser: ToolCallParser | None = None
 
     @property
     def reserved_tokens(self) -> int:
@@ -141,11 +153,15 @@ class BatchingEngine:
         self._positions: torch.Tensor | None = None
         self._last_tokens: torch.Tensor | None = None
         self.kv_bytes_per_token = 0  # measured by warm_up()
+        self._masker: LogitsMasker | None = None  # made by the first constrained request
 
     # --- any thread ----------------------------------------------------------------------------
 
-    def submit(self, request_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queues a request; its outputs come through `deliver`. Refuses one that can never fit."""
+    def submit(
+        self, request_id: int, prompt_ids: list[int], params: SamplingParams, constraint: Constraint | None = None
+    ) -> None:
+        """Queues a request; its outputs come through `deliver`. Refuses one that can never fit.
+        `constraint`: the grammar its output must follow (compiled already: not on this thread)."""
         needed = len(prompt_ids) + params.max_tokens
         if needed > self.kv_cache_tokens:
             raise InvalidRequest(
@@ -162,7 +178,11 @@ class BatchingEngine:
             sampler=SeededSampler(params, len(prompt_ids), self.device),
             stops=StopSequenceBuffer(params.stop),
             detokenizer=DecodeStream(ids=context, skip_special_tokens=True),
+            grammar=constraint.start() if constraint is not None else None,
+            tool_parser=ToolCallParser() if constraint is not None and constraint.tool_calls else None,
         )
+        if constraint is not None and self._masker is None:
+            self._masker = LogitsMasker()
         with self._wake:
             self._waiting.append(sequence)
             self._wake.notify()
@@ -355,13 +375,22 @@ class BatchingEngine:
         argmax, the sampled ones in one `sample_rows`); records it, streams its text, and ends the
         row when it is done. A row whose sampling fails ends with an error; the others go on."""
         tokens: list[int | None] = [None] * len(rows)
-        greedy = [i for i, s in enumerate(rows) if s.greedy_and_plain]
+        failed: dict[int, str] = {}
+        constrained = [(i, s.grammar) for i, s in enumerate(rows) if s.grammar is not None]
+        if constrained:
+            assert self._masker is not None
+            try:
+                # Before penalties and sampling: a forbidden token is -inf whatever comes after.
+                self._masker.mask(logits, [i for i, _ in constrained], [state for _, state in constrained])
+            except Exception as err:  # noqa: BLE001 - unmasked rows must not be sampled; the free ones go on
+                log.exception("constrained decoding failed")
+                failed.update((i, f"constrained decoding failed: {type(err).__name__}: {err}") for i, _ in constrained)
+        greedy = [i for i, s in enumerate(rows) if s.greedy_and_plain and i not in failed]
         if greedy:
             picks = logits[greedy].argmax(dim=-1).tolist()
             for i, token in zip(greedy, picks, strict=True):
                 tokens[i] = int(token)
-        others = [i for i, s in enumerate(rows) if not s.greedy_and_plain]
-        failed: dict[int, str] = {}
+        others = [i for i, s in enumerate(rows) if not s.greedy_and_plain and i not in failed]
         if others:
             block = logits[others].float()
             for j, i in enumerate(others):
@@ -406,6 +435,10 @@ class BatchingEngine:
     def _advance(self, sequence: Sequence, token: int) -> StepOutput:
         first = not sequence.generated
         sequence.generated.append(token)
+        if sequence.grammar is not None and not sequence.grammar.accept(token):
+            # The mask allowed only what the grammar accepts: this is a bug, not the request's.
+            log.error("request %s: the grammar refused token %s it had allowed", sequence.request_id, token)
+            return self._finish(sequence, "error", "constrained decoding failed: the grammar refused a token")
         if token in self.eos_token_ids:
             # The model ended its answer: release what was held back in case it began a stop.
             return self._finish(sequence, "stop", text=sequence.stops.flush(), first_token=first)
@@ -415,12 +448,23 @@ class BatchingEngine:
             return self._finish(sequence, "stop", text=text, first_token=first)
         if len(sequence.generated) >= sequence.params.max_tokens:
             return self._finish(sequence, "length", text=text + sequence.stops.flush(), first_token=first)
-        return StepOutput(sequence.request_id, text=text, first_token=first)
+        if sequence.tool_parser is None:
+            return StepOutput(sequence.request_id, text=text, first_token=first)
+        content, deltas = sequence.tool_parser.push(text)
+        return StepOutput(sequence.request_id, text=content, first_token=first, tool_calls=tuple(deltas))
 
     def _finish(
         self, sequence: Sequence, reason: str, error: str = "", text: str = "", first_token: bool = False
     ) -> StepOutput:
         sequence.done = True  # leaves the batch at the end of this step
+        deltas: list[ToolCallDelta] = []
+        parser = sequence.tool_parser
+        if parser is not None and reason in ("stop", "length"):
+            text, deltas = parser.push(text)
+            rest, _ = parser.finish()
+            text += rest
+            if reason == "stop" and parser.calls:
+                reason = "tool_calls"
         return StepOutput(
             sequence.request_id,
             text=text,
@@ -429,6 +473,7 @@ class BatchingEngine:
             prompt_tokens=len(sequence.prompt_ids),
             completion_tokens=len(sequence.generated),
             first_token=first_token,
+            tool_calls=tuple(deltas),
         )
 
     # --- the batch's tensors -------------------------------------------------------------------
@@ -488,7 +533,12 @@ def merge_outputs(outputs: list[StepOutput]) -> list[StepOutput]:
     for output in outputs:
         before = merged.get(output.request_id)
         if before is not None:
-            output = replace(output, text=before.text + output.text, first_token=before.first_token)
+            output = replace(
+                output,
+                text=before.text + output.text,
+                first_token=before.first_token,
+                tool_calls=tuple(merge_tool_call_deltas([*before.tool_calls, *output.tool_calls])),
+            )
         merged[output.request_id] = output
     return list(merged.values())
 

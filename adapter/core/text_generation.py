@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from adapter.core import types as t
 from adapter.core import validation
+from adapter.core.errors import InvalidArgument
 from adapter.scheduling.scheduler import Scheduler
 from adapter.triton.gateway import TritonGateway
 from adapter.triton.types import TextGenerationRequest
@@ -28,8 +31,23 @@ class TextGenerationService:
         messages = validation.chat_messages(request.messages)
         validation.prompt_size(sum(len(m["content"]) for m in messages), self._max_prompt_chars)
         validation.sampling_parameters(request.options, None, options_prefix)  # fail fast, before any load
+        tools = validation.tools(request.tools)
+        tool_choice = validation.tool_choice(request.tool_choice, request.tools)
+        guided = validation.guided_decoding(request.response_format)
+        if guided is not None and tools and tool_choice != "none":
+            raise InvalidArgument(
+                "response_format constrains the reply to JSON, tools to tool calls: give one of them "
+                '(or tool_choice "none")'
+            )
         return self._stream(
-            TextGenerationRequest(model=model, sampling={}, messages=messages),
+            TextGenerationRequest(
+                model=model,
+                sampling={},
+                messages=messages,
+                tools=tools or None,
+                tool_choice=tool_choice,
+                guided_decoding=guided,
+            ),
             request.options,
             request.keep_alive,
             options_prefix,
@@ -63,18 +81,19 @@ class TextGenerationService:
         load_seconds: float,
         prefix: str,
     ) -> AsyncIterator[t.TextDelta]:
-        call = "chat" if request.messages is not None else "generate"
+        call = "generate" if request.messages is None else "chat with tools" if request.tools else "chat"
         limit = (await self._gateway.require_interface(request.model, call)).parameters.get("max_tokens_limit")
         sampling = validation.sampling_parameters(options, int(limit) if limit else None, prefix)
-        request = TextGenerationRequest(
-            model=request.model, sampling=sampling, prompt=request.prompt, messages=request.messages
-        )
+        if request.guided_decoding is not None:
+            sampling["guided_decoding"] = request.guided_decoding
+        request = dataclasses.replace(request, sampling=sampling)
         first_token_at: float | None = None
         async for chunk in self._gateway.stream_text(request):
-            if chunk.text and first_token_at is None:
+            if (chunk.text or chunk.tool_calls) and first_token_at is None:
                 first_token_at = time.monotonic()
+            calls = tuple(_tool_call_delta(c) for c in chunk.tool_calls)
             if chunk.finish_reason is None:
-                yield t.TextDelta(model=request.model, text=chunk.text)
+                yield t.TextDelta(model=request.model, text=chunk.text, tool_calls=calls)
                 continue
             finished_at = time.monotonic()
             yield t.TextDelta(
@@ -89,4 +108,15 @@ class TextGenerationService:
                         total_s=finished_at - arrived,
                     ),
                 ),
+                tool_calls=calls,
             )
+
+
+def _tool_call_delta(raw: dict[str, Any]) -> t.ToolCallDelta:
+    function = raw.get("function") or {}
+    return t.ToolCallDelta(
+        index=int(raw.get("index", 0)),
+        id=str(raw.get("id") or ""),
+        name=str(function.get("name") or ""),
+        arguments=str(function.get("arguments") or ""),
+    )

@@ -24,6 +24,7 @@ class FinishReason(StrEnum):
     STOP = "stop"  # the model ended its answer, or a stop sequence was met
     LENGTH = "length"  # max_tokens was reached
     CANCELLED = "cancelled"
+    TOOL_CALLS = "tool_calls"  # the model called tools
     UNKNOWN = "unknown"  # the model gave a reason we do not know
 
 
@@ -41,9 +42,52 @@ class GenerationOptions:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object's text
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    role: str
+    role: str  # system, user, assistant, tool
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
+    tool_call_id: str = ""  # a tool turn: the call it answers
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str = ""
+    parameters: str = ""  # the arguments' JSON schema as text; "": no arguments
+
+
+class ToolChoiceMode(StrEnum):
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+    FUNCTION = "function"  # the one named in ToolChoice.function
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: ToolChoiceMode | None = None  # None: auto with tools, none without
+    function: str = ""
+
+
+class ResponseFormatType(StrEnum):
+    TEXT = "text"
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    type: ResponseFormatType = ResponseFormatType.TEXT
+    json_schema: str = ""  # JSON_SCHEMA: the schema as text
+    name: str = ""
+    strict: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +96,9 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     options: GenerationOptions = GenerationOptions()
     keep_alive: KeepAlive = "default"
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    response_format: ResponseFormat = ResponseFormat()
 
 
 @dataclass(frozen=True)
@@ -87,12 +134,23 @@ class Finish:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call: the first of a call has its id and name, the rest argument text."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """A piece of a streamed generation; the last one carries `finish`."""
 
     model: str
     text: str
     finish: Finish | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 # ---- embeddings ----------------------------------------------------------------------------

@@ -88,12 +88,56 @@ def generation_options(options: pb.GenerationOptions) -> t.GenerationOptions:
     )
 
 
+def _chat_message(message: pb.ChatMessage) -> t.ChatMessage:
+    return t.ChatMessage(
+        role=message.role,
+        content=message.content,
+        tool_calls=tuple(t.ToolCall(c.id, c.name, c.arguments) for c in message.tool_calls),
+        tool_call_id=message.tool_call_id,
+    )
+
+
+TOOL_CHOICE_MODES = {
+    pb.ToolChoice.MODE_UNSPECIFIED: None,
+    pb.ToolChoice.MODE_AUTO: t.ToolChoiceMode.AUTO,
+    pb.ToolChoice.MODE_NONE: t.ToolChoiceMode.NONE,
+    pb.ToolChoice.MODE_REQUIRED: t.ToolChoiceMode.REQUIRED,
+    pb.ToolChoice.MODE_FUNCTION: t.ToolChoiceMode.FUNCTION,
+}
+RESPONSE_FORMATS = {
+    pb.ResponseFormat.TYPE_UNSPECIFIED: t.ResponseFormatType.TEXT,
+    pb.ResponseFormat.TYPE_TEXT: t.ResponseFormatType.TEXT,
+    pb.ResponseFormat.TYPE_JSON_OBJECT: t.ResponseFormatType.JSON_OBJECT,
+    pb.ResponseFormat.TYPE_JSON_SCHEMA: t.ResponseFormatType.JSON_SCHEMA,
+}
+
+
+def _tool_choice(choice: pb.ToolChoice) -> t.ToolChoice:
+    if choice.mode not in TOOL_CHOICE_MODES:
+        raise InvalidArgument(f"tool_choice.mode {choice.mode} is not a known mode")
+    return t.ToolChoice(mode=TOOL_CHOICE_MODES[choice.mode], function=choice.function)
+
+
+def _response_format(response_format: pb.ResponseFormat) -> t.ResponseFormat:
+    if response_format.type not in RESPONSE_FORMATS:
+        raise InvalidArgument(f"response_format.type {response_format.type} is not a known type")
+    return t.ResponseFormat(
+        type=RESPONSE_FORMATS[response_format.type],
+        json_schema=response_format.json_schema,
+        name=response_format.name,
+        strict=response_format.strict,
+    )
+
+
 def chat_request(request: pb.ChatStreamRequest) -> t.ChatRequest:
     return t.ChatRequest(
         model=request.model,
-        messages=tuple(t.ChatMessage(role=m.role, content=m.content) for m in request.messages),
+        messages=tuple(_chat_message(m) for m in request.messages),
         options=generation_options(request.options),
         keep_alive=keep_alive(request),
+        tools=tuple(t.Tool(x.name, x.description, x.parameters_json) for x in request.tools),
+        tool_choice=_tool_choice(request.tool_choice),
+        response_format=_response_format(request.response_format),
     )
 
 
@@ -110,6 +154,7 @@ FINISH_REASONS = {
     t.FinishReason.STOP: pb.FINISH_REASON_STOP,
     t.FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     t.FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+    t.FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
 }
 
 
@@ -117,6 +162,13 @@ def _usage(usage: t.Usage) -> pb.Usage:
     return pb.Usage(
         prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens
     )
+
+
+def chat_response(delta: t.TextDelta) -> pb.ChatStreamResponse:
+    response = pb.ChatStreamResponse(**text_fields(delta))
+    for call in delta.tool_calls:
+        response.tool_calls.add(index=call.index, id=call.id, name=call.name, arguments=call.arguments)
+    return response
 
 
 def text_fields(delta: t.TextDelta) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatStreamResponse]:
         async for delta in self._text.chat(convert.chat_request(request)):
-            yield pb.ChatStreamResponse(**convert.text_fields(delta))
+            yield convert.chat_response(delta)
 
     @map_stream_errors
     async def GenerateStream(  # noqa: N802

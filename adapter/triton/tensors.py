@@ -17,6 +17,10 @@ TEXT_OUTPUT = "text_output"
 FINISH_REASON = "finish_reason"
 PROMPT_TOKENS = "prompt_tokens"
 COMPLETION_TOKENS = "completion_tokens"
+# Tool calling (with messages): OpenAI's tools and tool_choice as JSON in; tool-call deltas out.
+TOOLS = "tools"
+TOOL_CHOICE = "tool_choice"
+TOOL_CALLS = "tool_calls"
 # The embedding model.
 NORMALIZE = "normalize"
 EMBEDDING = "embedding"
@@ -37,6 +41,8 @@ TOTAL_STEPS = "total_steps"
 # chat) is refused by what it declares, not by how Triton words its refusal.
 INTERFACES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "chat": (frozenset({MESSAGES}), frozenset({TEXT_OUTPUT})),
+    # Tool calling: the model renders the tools and parses its own calls (our llm model does).
+    "chat with tools": (frozenset({MESSAGES, TOOLS, TOOL_CHOICE}), frozenset({TEXT_OUTPUT, TOOL_CALLS})),
     "generate": (frozenset({TEXT_INPUT}), frozenset({TEXT_OUTPUT})),
     "embedding": (frozenset({TEXT_INPUT}), frozenset({EMBEDDING})),
 }

@@ -30,6 +30,9 @@ from adapter.triton.tensors import (
     STREAM_HEADERS,
     TEXT_INPUT,
     TEXT_OUTPUT,
+    TOOL_CALLS,
+    TOOL_CHOICE,
+    TOOLS,
     raw_bytes_element,
     raw_int32,
 )
@@ -62,19 +65,21 @@ async def stream_text(
             if not responses:
                 break
             texts: list[bytes] = []
+            calls: list[dict[str, Any]] = []  # tool-call deltas of the merged responses, in order
             for response in responses:
                 if response.error_message:
                     # An error response ends its request: it is final (no cancel after it).
                     final_seen = True
                     refusal = InferenceServerException(msg=response.error_message)
                     raise triton_errors.from_triton(refusal, f"streaming from {request.model!r}") from None
-                text, final = _text_response(response)
+                text, tool_calls, final = _text_response(response)
                 if final is None:
                     texts.append(text)
+                    calls.extend(tool_calls)
                     continue
-                if texts:
-                    yield TextChunk(text=b"".join(texts).decode("utf-8"))
-                    texts = []
+                if texts or calls:
+                    yield TextChunk(text=b"".join(texts).decode("utf-8"), tool_calls=tuple(calls))
+                    texts, calls = [], []
                 final_seen = True
                 reason, prompt_tokens, completion_tokens = final
                 yield TextChunk(
@@ -82,9 +87,11 @@ async def stream_text(
                     finish_reason=reason,
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
+                    tool_calls=tuple(tool_calls),
                 )
                 return
-            yield TextChunk(text=texts[0].decode("utf-8") if len(texts) == 1 else b"".join(texts).decode("utf-8"))
+            joined = texts[0].decode("utf-8") if len(texts) == 1 else b"".join(texts).decode("utf-8")
+            yield TextChunk(text=joined, tool_calls=tuple(calls)) if calls else TextChunk(text=joined)
     finally:
         # Left early (our caller went away or failed): cancel the Triton request. Never after
         # the final response (Triton 2.51 would keep counting the request in flight): the call
@@ -133,11 +140,16 @@ def _text_stream_closed(_: asyncio.Task[None]) -> None:
 
 def _text_request(request: TextGenerationRequest) -> service_pb2.ModelInferRequest:
     triton_request = service_pb2.ModelInferRequest(model_name=request.model)
+    inputs = [(SAMPLING_PARAMETERS, json.dumps(request.sampling))]
     if request.messages is not None:
-        second = (MESSAGES, json.dumps(request.messages))
+        inputs.append((MESSAGES, json.dumps(request.messages)))
     else:
-        second = (TEXT_INPUT, request.prompt or "")
-    for name, value in ((SAMPLING_PARAMETERS, json.dumps(request.sampling)), second):
+        inputs.append((TEXT_INPUT, request.prompt or ""))
+    if request.tools:
+        inputs.append((TOOLS, json.dumps(request.tools)))
+    if request.tool_choice is not None:
+        inputs.append((TOOL_CHOICE, json.dumps(request.tool_choice)))
+    for name, value in inputs:
         tensor = triton_request.inputs.add()
         tensor.name, tensor.datatype = name, "BYTES"
         tensor.shape.append(1)
@@ -146,15 +158,19 @@ def _text_request(request: TextGenerationRequest) -> service_pb2.ModelInferReque
     return triton_request
 
 
-def _text_response(response: Any) -> tuple[bytes, tuple[str, int, int] | None]:
-    """(text, None) for a chunk; (text, (finish_reason, prompt_tokens, completion_tokens)) for the
-    final one (the caller handles error responses first)."""
+_NO_CALLS: list[dict[str, Any]] = []
+
+
+def _text_response(response: Any) -> tuple[bytes, list[dict[str, Any]], tuple[str, int, int] | None]:
+    """(text, tool-call deltas, None) for a chunk; (text, tool-call deltas, (finish_reason,
+    prompt_tokens, completion_tokens)) for the final one (the caller handles error responses first)."""
     infer = response.infer_response
     outputs = infer.outputs
     raw = infer.raw_output_contents
     if len(outputs) == 1 and outputs[0].name == TEXT_OUTPUT:  # the usual chunk: nothing else to look at
-        return raw_bytes_element(raw[0]), None
+        return raw_bytes_element(raw[0]), _NO_CALLS, None
     text = b""
+    calls = _NO_CALLS
     reason: str | None = None
     prompt_tokens = completion_tokens = 0
     for i, output in enumerate(outputs):
@@ -167,7 +183,9 @@ def _text_response(response: Any) -> tuple[bytes, tuple[str, int, int] | None]:
             prompt_tokens = raw_int32(raw[i])
         elif name == COMPLETION_TOKENS:
             completion_tokens = raw_int32(raw[i])
-    return text, (None if reason is None else (reason, prompt_tokens, completion_tokens))
+        elif name == TOOL_CALLS:
+            calls = json.loads(raw_bytes_element(raw[i]))
+    return text, calls, (None if reason is None else (reason, prompt_tokens, completion_tokens))
 
 
 class _TextStream:

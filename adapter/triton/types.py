@@ -14,7 +14,11 @@ class TextGenerationRequest:
     model: str
     sampling: dict[str, Any]
     prompt: str | None = None
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools (with messages)
+    tool_choice: str | dict[str, Any] | None = None
+    # Constrained decoding (vLLM's sampling parameter name), added to `sampling` when sent.
+    guided_decoding: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class TextChunk:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Tool-call deltas in OpenAI's shape ({"index", "id", "function": {"name", "arguments"}}).
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from .sources import pip_requirements, pyproject_pins
 
 # What each image must install (pip distribution names, normalised), and what the adapter image
 # must not: it holds no weights and runs against an external Triton.
-TRITON_IMAGE_PACKAGES = {"torch", "transformers", "tokenizers", "diffusers", "numpy", "pillow"}
+TRITON_IMAGE_PACKAGES = {"torch", "transformers", "tokenizers", "diffusers", "numpy", "pillow", "xgrammar"}
 
 
 ADAPTER_IMAGE_PACKAGES = {
@@ -31,7 +31,7 @@ ADAPTER_IMAGE_PACKAGES = {
 }
 
 
-ADAPTER_IMAGE_FORBIDDEN = {"torch", "transformers", "tokenizers", "diffusers", "nvidia-pytriton"}
+ADAPTER_IMAGE_FORBIDDEN = {"torch", "transformers", "tokenizers", "diffusers", "nvidia-pytriton", "xgrammar"}
 
 
 def check_image_pins(paths: Paths, report: Report) -> None:

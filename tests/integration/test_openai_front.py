@@ -182,7 +182,7 @@ def test_stop_sequences_and_seed_are_honoured(client: OpenAI) -> None:
         ({"presence_penalty": 3}, "presence_penalty", "presence_penalty"),
         ({"stop": [""]}, "stop", "empty"),
         ({"extra_body": {"best_of_n": 3}}, "best_of_n", "unrecognized"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "one of"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "one of"),
         ({"messages": []}, "messages", "empty"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None, "text"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -72,7 +73,7 @@ def test_no_messages_is_invalid_argument() -> None:
         chat_messages(pb.ChatStreamRequest(model="llm").messages)
 
 
-@pytest.mark.parametrize("role", ["tool", "USER", "", "function"])
+@pytest.mark.parametrize("role", ["USER", "", "function", "developer"])
 def test_unknown_role_is_invalid_argument_naming_the_message(role: str) -> None:
     messages = [pb.ChatMessage(role="user", content="hi"), pb.ChatMessage(role=role, content="x")]
     with pytest.raises(InvalidArgument, match=r"messages\[1\]\.role"):
@@ -264,3 +265,83 @@ def test_a_duration_with_mixed_signs_is_refused(seconds: int, nanos: int) -> Non
     with pytest.raises(InvalidArgument, match="same sign"):
         convert.duration_seconds("keep_alive", Duration(seconds=seconds, nanos=nanos))
     assert convert.duration_seconds("keep_alive", Duration(seconds=0, nanos=-5)) == -5e-9
+
+
+# --- tools, tool_choice, response_format (issue 20) -------------------------------------------
+
+WEATHER = t.Tool("get_weather", "Weather for a city", '{"type": "object", "properties": {"city": {"type": "string"}}}')
+
+
+def test_a_tool_message_must_answer_an_earlier_call() -> None:
+    call = pb.ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
+    answered = [
+        pb.ChatMessage(role="user", content="weather?"),
+        pb.ChatMessage(role="assistant", tool_calls=[call]),
+        pb.ChatMessage(role="tool", tool_call_id="call_1", content="sunny"),
+    ]
+    checked = chat_messages(answered)
+    assert checked[1]["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    ]
+    assert checked[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+    with pytest.raises(InvalidArgument, match=r"messages\[2\]\.tool_call_id 'call_9' answers no tool call"):
+        chat_messages([*answered[:2], pb.ChatMessage(role="tool", tool_call_id="call_9", content="x")])
+    with pytest.raises(InvalidArgument, match=r"messages\[1\]\.tool_call_id is required"):
+        chat_messages([answered[0], pb.ChatMessage(role="tool", content="x")])
+
+
+def test_tool_call_arguments_must_be_a_json_object() -> None:
+    call = pb.ToolCall(id="c", name="f", arguments="[1, 2]")
+    with pytest.raises(InvalidArgument, match=r"messages\[0\]\.tool_calls\[0\]\.arguments must be a JSON object"):
+        chat_messages([pb.ChatMessage(role="assistant", tool_calls=[call])])
+
+
+def test_tools_become_openai_function_tools() -> None:
+    [tool] = validation.tools([WEATHER])
+    assert tool == {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    assert validation.tools([t.Tool("noop")])[0]["function"]["parameters"] == {"type": "object", "properties": {}}
+
+
+@pytest.mark.parametrize(
+    ("tool", "match"),
+    [
+        (t.Tool("bad name"), r"tools\[0\]\.name"),
+        (t.Tool("f", parameters="{nope"), r"tools\[0\]\.parameters is not valid JSON"),
+        (t.Tool("f", parameters='{"type": "objekt"}'), r"tools\[0\]\.parameters is not a valid JSON schema"),
+    ],
+)
+def test_bad_tools_name_the_field(tool: t.Tool, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        validation.tools([tool])
+
+
+def test_tool_choice_must_name_a_given_tool() -> None:
+    named = t.ToolChoice(t.ToolChoiceMode.FUNCTION, "get_weather")
+    assert validation.tool_choice(named, [WEATHER]) == {"type": "function", "function": {"name": "get_weather"}}
+    assert validation.tool_choice(t.ToolChoice(t.ToolChoiceMode.REQUIRED), [WEATHER]) == "required"
+    assert validation.tool_choice(t.ToolChoice(), [WEATHER]) is None
+    with pytest.raises(InvalidArgument, match=r"tool_choice.function 'get_time' is not among the tools"):
+        validation.tool_choice(t.ToolChoice(t.ToolChoiceMode.FUNCTION, "get_time"), [WEATHER])
+    with pytest.raises(InvalidArgument, match="tool_choice 'required' needs tools"):
+        validation.tool_choice(t.ToolChoice(t.ToolChoiceMode.REQUIRED), [])
+
+
+def test_response_format_becomes_guided_decoding() -> None:
+    schema = '{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}'
+    json_schema = t.ResponseFormat(t.ResponseFormatType.JSON_SCHEMA, schema)
+    assert validation.guided_decoding(json_schema) == {"json": json.loads(schema)}
+    strict = t.ResponseFormat(t.ResponseFormatType.JSON_SCHEMA, schema, strict=True)
+    assert validation.guided_decoding(strict) == {"json": {**json.loads(schema), "additionalProperties": False}}
+    assert validation.guided_decoding(t.ResponseFormat(t.ResponseFormatType.JSON_OBJECT)) == {"json_object": True}
+    assert validation.guided_decoding(t.ResponseFormat()) is None
+    with pytest.raises(InvalidArgument, match="response_format.json_schema is not a valid JSON schema"):
+        validation.guided_decoding(t.ResponseFormat(t.ResponseFormatType.JSON_SCHEMA, '{"type": 5}'))
+    with pytest.raises(InvalidArgument, match="response_format.json_schema is required"):
+        validation.guided_decoding(t.ResponseFormat(t.ResponseFormatType.JSON_SCHEMA))

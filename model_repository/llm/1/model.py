@@ -22,15 +22,16 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model_runtime.batching import BatchingEngine, StepOutput, merge_outputs
+from model_runtime.constrained import Constraint, Grammars
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
 from model_runtime.text_generation import (
     InvalidRequest,
     SamplingParams,
     generation_defaults,
-    parse_messages,
     parse_sampling_parameters,
 )
+from model_runtime.tool_calls import ToolCallDelta, tool_calls_json
 from model_runtime.triton_inputs import bool_input, string_input, watch_cancellations
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -47,6 +48,7 @@ class _Stream:
     stream: bool
     done: asyncio.Future[None]
     collected: list[str] = field(default_factory=list)  # the text, when not streaming
+    collected_calls: list[ToolCallDelta] = field(default_factory=list)  # tool-call deltas, when not streaming
 
 
 class TritonPythonModel:
@@ -84,6 +86,8 @@ class TritonPythonModel:
             max_prefill_tokens=params.integer("max_prefill_tokens", 4096, minimum=1),
             deliver=self._deliver_from_engine,
         )
+        # Constrained decoding (guided_decoding, tools): the vocabulary as the grammars see it.
+        self.grammars = Grammars(self.tokenizer, int(self.model.config.vocab_size), self.engine.eos_token_ids)
         self.engine.warm_up()
         self.engine.check_budget_fits()
         # Tokenizing (and rendering chat templates) off the loop that sends every stream's tokens,
@@ -101,7 +105,7 @@ class TritonPythonModel:
             reason: self.metrics.counter(
                 "llm_generation_requests_total", "Generation requests finished, by finish reason", finish_reason=reason
             )
-            for reason in ("stop", "length", "cancelled", "error")
+            for reason in ("stop", "length", "tool_calls", "cancelled", "error")
         }
         self.tokens = self.metrics.counter(
             "llm_generated_tokens_total", "Tokens generated (counted when a request ends)"
@@ -140,13 +144,13 @@ class TritonPythonModel:
                 inputs = self._read_inputs(request)
             except UnicodeDecodeError as err:
                 raise InvalidRequest(f"an input is not valid UTF-8: {err}") from None
-            prompt_ids, params = await self.loop.run_in_executor(self.tokenizing, self._parse, *inputs)
+            prompt_ids, params, constraint = await self.loop.run_in_executor(self.tokenizing, self._parse, *inputs)
             stream = bool_input(pb_utils, request, "stream", True)
             request_id = next(self.ids)
             state = _Stream(request, sender, stream, self.loop.create_future())
             self.streams[request_id] = state
             try:
-                self.engine.submit(request_id, prompt_ids, params)
+                self.engine.submit(request_id, prompt_ids, params, constraint)
             except InvalidRequest:
                 del self.streams[request_id]
                 raise
@@ -161,28 +165,31 @@ class TritonPythonModel:
             self.active.increment(-1)
             self.streams.pop(request_id, None)
 
-    def _read_inputs(self, request: Any) -> tuple[str | None, str | None, str | None]:
+    def _read_inputs(self, request: Any) -> tuple[str | None, ...]:
         """On the loop (pb_utils): the request's string inputs."""
-        return (
-            string_input(pb_utils, request, "sampling_parameters"),
-            string_input(pb_utils, request, "messages"),
-            string_input(pb_utils, request, "text_input"),
+        return tuple(
+            string_input(pb_utils, request, name)
+            for name in ("sampling_parameters", "messages", "text_input", "tools", "tool_choice")
         )
 
     def _parse(
-        self, sampling_json: str | None, messages_json: str | None, text: str | None
-    ) -> tuple[list[int], SamplingParams]:
-        """On the tokenizing thread (no pb_utils): options checked, prompt tokenized."""
+        self,
+        sampling_json: str | None,
+        messages_json: str | None,
+        text: str | None,
+        tools_json: str | None,
+        tool_choice_json: str | None,
+    ) -> tuple[list[int], SamplingParams, Constraint | None]:
+        """On the tokenizing thread (no pb_utils): options checked, grammar compiled (cached per
+        schema), prompt tokenized."""
+        structured = self.grammars.prepare(sampling_json, tools_json, tool_choice_json, chat=messages_json is not None)
         params = parse_sampling_parameters(
-            sampling_json, self.default_max_tokens, self.max_tokens_limit, self.sampling_defaults
+            structured.sampling_parameters, self.default_max_tokens, self.max_tokens_limit, self.sampling_defaults
         )
         if (messages_json is None) == (text is None):
             raise InvalidRequest("exactly one of text_input and messages must be given")
         if messages_json is not None:
-            encoded = self.tokenizer.apply_chat_template(
-                parse_messages(messages_json), add_generation_prompt=True, return_dict=True
-            )
-            prompt_ids = list(encoded["input_ids"])
+            prompt_ids = structured.chat_prompt_ids(self.tokenizer, messages_json)
         else:
             if not text or not text.strip():
                 raise InvalidRequest("text_input must not be empty or only whitespace")
@@ -192,7 +199,7 @@ class TritonPythonModel:
                 f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
                 f"model's context of {self.context_length} tokens"
             )
-        return prompt_ids, params
+        return prompt_ids, params, structured.constraint
 
     def _deliver_from_engine(self, outputs: list[StepOutput]) -> None:
         """Engine thread: queues one step's outputs for the loop (no pb_utils here). While the loop
@@ -220,11 +227,12 @@ class TritonPythonModel:
             if state is None or state.done.done():
                 continue
             if not output.finished:
-                if output.text:
+                if output.text or output.tool_calls:
                     if state.stream:
-                        state.sender.send(self._chunk(output.text))
+                        state.sender.send(self._chunk(output.text, output.tool_calls))
                     else:
                         state.collected.append(output.text)
+                        state.collected_calls.extend(output.tool_calls)
                 continue
             self._send_final(state, output)
             state.done.set_result(None)
@@ -240,7 +248,8 @@ class TritonPythonModel:
             state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
         else:
             text = "".join(state.collected) + output.text if not state.stream else output.text
-            final = self._final(text, reason, output.prompt_tokens, output.completion_tokens)
+            calls = [*state.collected_calls, *output.tool_calls]
+            final = self._final(text, reason, output.prompt_tokens, output.completion_tokens, calls)
             state.sender.send(final, flags=FINAL)
         # What the process holds now, plus the KV budget not in use (it may fill at any moment).
         self.metrics.publish_memory(at_most_every_s=1.0, headroom_bytes=self.engine.kv_headroom_bytes())
@@ -256,20 +265,33 @@ class TritonPythonModel:
         self.running.set(stats.running)
         self.cache_usage.set(stats.kv_cache_usage)
 
-    def _chunk(self, text: str) -> Any:
+    def _chunk(self, text: str, calls: tuple[ToolCallDelta, ...] = ()) -> Any:
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))]
+            output_tensors=[
+                pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
+                *self._tool_calls_tensor(calls),
+            ]
         )
 
-    def _final(self, text: str, reason: str, prompt_tokens: int, completion_tokens: int) -> Any:
+    def _final(
+        self, text: str, reason: str, prompt_tokens: int, completion_tokens: int, calls: list[ToolCallDelta]
+    ) -> Any:
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
                 pb_utils.Tensor("finish_reason", np.array([reason.encode("utf-8")], dtype=np.object_)),
                 pb_utils.Tensor("prompt_tokens", np.array([prompt_tokens], dtype=np.int32)),
                 pb_utils.Tensor("completion_tokens", np.array([completion_tokens], dtype=np.int32)),
+                *self._tool_calls_tensor(calls),
             ]
         )
+
+    def _tool_calls_tensor(self, calls: tuple[ToolCallDelta, ...] | list[ToolCallDelta]) -> list[Any]:
+        """The `tool_calls` output (OpenAI delta objects, JSON), only on responses that carry some."""
+        if not calls:
+            return []
+        value = tool_calls_json(list(calls)).encode("utf-8")
+        return [pb_utils.Tensor("tool_calls", np.array([value], dtype=np.object_))]
 
     def finalize(self) -> None:
         self.engine.stop()
