@@ -157,7 +157,7 @@ class _Sampling(_Request):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})  # the core says why
     max_completion_tokens: int | None = Field(default=None, json_schema_extra={"minimum": 1})
     safety_identifier: str | None = Field(default=None, description="accepted, as `user`")
     top_logprobs: int | None = refused("top_logprobs")

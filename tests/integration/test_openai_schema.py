@@ -5,7 +5,8 @@ its status is one the schema documents, and its body matches the schema for that
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -74,6 +75,30 @@ def _bounded(case: schemathesis.Case, mode: GenerationMode) -> None:
             case.body.setdefault("max_tokens", MAX_TOKENS)
 
 
+def _runner(operation: Any, mode: GenerationMode, adapter: RunningAdapter, counts: Counter[int]) -> Callable[[], None]:
+    """A bounded hypothesis run over one operation, counting the statuses it got."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: schemathesis.Case) -> None:
+        _bounded(case, mode)
+        try:
+            response = case.call_and_validate(base_url=adapter.http_url, checks=CHECKS, timeout=60)
+        except FailureGroup:
+            print(adapter.log_tail(30))
+            raise
+        counts[response.status_code] += 1
+
+    result: Callable[[], None] = run
+    return result
+
+
 # Both modes: schema-valid requests (answered 2xx or a documented 4xx), and schema-invalid ones
 # (which must be refused with a 4xx). Derandomized: the same bounded run every time.
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda mode: mode.value)
@@ -85,31 +110,17 @@ def test_every_route_answers_within_its_schema(http_adapter: RunningAdapter, mod
     exercised = []
     statuses: dict[str, Counter[int]] = {}
     for operation in operations:
+        label = operation.label
+        counts = statuses.setdefault(label, Counter())
 
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case: schemathesis.Case, label: str = operation.label) -> None:
-            _bounded(case, mode)
-            try:
-                response = case.call_and_validate(base_url=http_adapter.http_url, checks=CHECKS, timeout=60)
-                statuses.setdefault(label, Counter())[response.status_code] += 1
-            except FailureGroup:
-                print(http_adapter.log_tail(30))
-                raise
-
+        run = _runner(operation, mode, http_adapter, counts)
         try:
             run()
         except Unsatisfiable:
             # A route with nothing to get wrong (GET /v1/models, /health) has no invalid requests.
-            assert mode is GenerationMode.NEGATIVE and not operation.body, f"{operation.label}: no examples"
+            assert mode is GenerationMode.NEGATIVE and not operation.body, f"{label}: no examples"
             continue
-        exercised.append(operation.label)
+        exercised.append(label)
     assert len(exercised) >= 5, exercised  # at least every POST route
     if mode is GenerationMode.POSITIVE:
         # Valid requests reached the models (random bytes are no picture: edits end 400 here).
