@@ -2,10 +2,10 @@
 
 A thin shell over `model_runtime.batching.BatchingEngine`: `execute` parses each request (tokenizing
 in a worker thread, so a huge prompt never stalls the others), submits it to the engine, and sends
-what the engine delivers. The engine runs every active request in one forward pass per step on its
-own thread. Every pb_utils call (send, is_cancelled, metrics) happens on the stub's asyncio loop,
-never on the engine's or a worker's thread: Triton 2.51 crashes when several threads of one stub
-call pb_utils at once.
+what the engine delivers, in Triton's vLLM-backend dialect (`model_runtime.llm_dialect`). The
+engine runs every active request in one forward pass per step on its own thread. Every pb_utils
+call (send, is_cancelled, metrics) happens on the stub's asyncio loop, never on the engine's or a
+worker's thread: Triton 2.51 crashes when several threads of one stub call pb_utils at once.
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model_runtime.batching import BatchingEngine, StepOutput, merge_outputs
+from model_runtime.llm_dialect import (
+    FINISH_REASONS,
+    SWITCHES,
+    UNFINISHED,
+    Switches,
+    resolve_switches,
+    without_neutral_options,
+)
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
 from model_runtime.text_generation import (
@@ -31,7 +39,7 @@ from model_runtime.text_generation import (
     parse_messages,
     parse_sampling_parameters,
 )
-from model_runtime.triton_inputs import bool_input, string_input, watch_cancellations
+from model_runtime.triton_inputs import string_input, watch_cancellations
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # The gauges the Kubernetes Gateway API Inference Extension routes on are refreshed at most this often.
@@ -40,13 +48,17 @@ GAUGE_INTERVAL_SECONDS = 0.1
 
 @dataclass
 class _Stream:
-    """One request being served: where its outputs go."""
+    """One request being served: where its outputs go, and what it asked them to carry."""
 
     request: Any
     sender: Any
-    stream: bool
+    switches: Switches
+    prompt: str  # as the model saw it (the rendered chat template for messages)
+    prompt_tokens: int
     done: asyncio.Future[None]
     collected: list[str] = field(default_factory=list)  # the text, when not streaming
+    unsent_tokens: int = 0  # generated since the last response
+    sent_tokens: int = 0  # reported in num_output_tokens so far
 
 
 class TritonPythonModel:
@@ -140,10 +152,10 @@ class TritonPythonModel:
                 inputs = self._read_inputs(request)
             except UnicodeDecodeError as err:
                 raise InvalidRequest(f"an input is not valid UTF-8: {err}") from None
-            prompt_ids, params = await self.loop.run_in_executor(self.tokenizing, self._parse, *inputs)
-            stream = bool_input(pb_utils, request, "stream", True)
+            switches = self._read_switches(request)
+            prompt, prompt_ids, params = await self.loop.run_in_executor(self.tokenizing, self._parse, *inputs)
             request_id = next(self.ids)
-            state = _Stream(request, sender, stream, self.loop.create_future())
+            state = _Stream(request, sender, switches, prompt, len(prompt_ids), self.loop.create_future())
             self.streams[request_id] = state
             try:
                 self.engine.submit(request_id, prompt_ids, params)
@@ -169,20 +181,35 @@ class TritonPythonModel:
             string_input(pb_utils, request, "text_input"),
         )
 
+    def _read_switches(self, request: Any) -> Switches:
+        """On the loop (pb_utils): stream, exclude_input_in_output and the return_* switches."""
+        flags: dict[str, bool | None] = {}
+        for name in ("stream", "exclude_input_in_output", *SWITCHES):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            flags[name] = None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
+        returns = {name: bool(flags[name]) for name in SWITCHES}
+        return resolve_switches(flags["stream"], flags["exclude_input_in_output"], returns)
+
     def _parse(
         self, sampling_json: str | None, messages_json: str | None, text: str | None
-    ) -> tuple[list[int], SamplingParams]:
-        """On the tokenizing thread (no pb_utils): options checked, prompt tokenized."""
+    ) -> tuple[str, list[int], SamplingParams]:
+        """On the tokenizing thread (no pb_utils): options checked, prompt tokenized. Returns the
+        prompt as the model sees it (a chat rendered with the template), its tokens and the options."""
         params = parse_sampling_parameters(
-            sampling_json, self.default_max_tokens, self.max_tokens_limit, self.sampling_defaults
+            without_neutral_options(sampling_json),
+            self.default_max_tokens,
+            self.max_tokens_limit,
+            self.sampling_defaults,
         )
         if (messages_json is None) == (text is None):
             raise InvalidRequest("exactly one of text_input and messages must be given")
         if messages_json is not None:
-            encoded = self.tokenizer.apply_chat_template(
-                parse_messages(messages_json), add_generation_prompt=True, return_dict=True
+            # Rendered to text, then tokenized without adding special tokens again: the tokens
+            # apply_chat_template(tokenize=True) gives, and the text a non-streamed answer repeats.
+            text = self.tokenizer.apply_chat_template(
+                parse_messages(messages_json), add_generation_prompt=True, tokenize=False
             )
-            prompt_ids = list(encoded["input_ids"])
+            prompt_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         else:
             if not text or not text.strip():
                 raise InvalidRequest("text_input must not be empty or only whitespace")
@@ -192,7 +219,7 @@ class TritonPythonModel:
                 f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
                 f"model's context of {self.context_length} tokens"
             )
-        return prompt_ids, params
+        return text, prompt_ids, params
 
     def _deliver_from_engine(self, outputs: list[StepOutput]) -> None:
         """Engine thread: queues one step's outputs for the loop (no pb_utils here). While the loop
@@ -211,18 +238,28 @@ class TritonPythonModel:
         with self.pending_lock:
             outputs, self.pending = self.pending, []
             self.send_scheduled = False
+        # Each unfinished output is one generated token (the engine delivers one per row and step):
+        # counted before merging, for num_output_tokens.
+        for output in outputs:
+            state = self.streams.get(output.request_id)
+            if state is not None and not output.finished:
+                state.unsent_tokens += 1
         self._send(merge_outputs(outputs))
 
     def _send(self, outputs: list[StepOutput]) -> None:
-        """On the loop: one response per output with text, the final one with the counts."""
+        """On the loop: one response per output with text (a token whose text is held back, a stop
+        sequence's possible start or part of a character, waits for the next), the final one with
+        the totals."""
         for output in outputs:
             state = self.streams.get(output.request_id)
             if state is None or state.done.done():
                 continue
             if not output.finished:
                 if output.text:
-                    if state.stream:
-                        state.sender.send(self._chunk(output.text))
+                    if state.switches.stream:
+                        state.sender.send(self._response(state, output.text, UNFINISHED, state.unsent_tokens))
+                        state.sent_tokens += state.unsent_tokens
+                        state.unsent_tokens = 0
                     else:
                         state.collected.append(output.text)
                 continue
@@ -238,9 +275,18 @@ class TritonPythonModel:
         if reason == "error":
             error = pb_utils.TritonError(f"generation failed: {output.error}", pb_utils.TritonError.INTERNAL)
             state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        elif reason == "cancelled" and state.switches.stream:
+            # As vLLM's: a cancelled stream ends with an error, not with an answer.
+            error = pb_utils.TritonError("Request was cancelled", pb_utils.TritonError.CANCELLED)
+            state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        elif state.switches.stream:
+            tokens = output.completion_tokens - state.sent_tokens
+            state.sender.send(self._response(state, output.text, FINISH_REASONS[reason], tokens), flags=FINAL)
         else:
-            text = "".join(state.collected) + output.text if not state.stream else output.text
-            final = self._final(text, reason, output.prompt_tokens, output.completion_tokens)
+            text = "".join(state.collected) + output.text
+            if state.switches.prepend_input:
+                text = state.prompt + text
+            final = self._response(state, text, FINISH_REASONS[reason], output.completion_tokens)
             state.sender.send(final, flags=FINAL)
         # What the process holds now, plus the KV budget not in use (it may fill at any moment).
         self.metrics.publish_memory(at_most_every_s=1.0, headroom_bytes=self.engine.kv_headroom_bytes())
@@ -256,20 +302,17 @@ class TritonPythonModel:
         self.running.set(stats.running)
         self.cache_usage.set(stats.kv_cache_usage)
 
-    def _chunk(self, text: str) -> Any:
-        return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))]
-        )
-
-    def _final(self, text: str, reason: str, prompt_tokens: int, completion_tokens: int) -> Any:
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
-                pb_utils.Tensor("finish_reason", np.array([reason.encode("utf-8")], dtype=np.object_)),
-                pb_utils.Tensor("prompt_tokens", np.array([prompt_tokens], dtype=np.int32)),
-                pb_utils.Tensor("completion_tokens", np.array([completion_tokens], dtype=np.int32)),
-            ]
-        )
+    def _response(self, state: _Stream, text: str, finish_reason: str, output_tokens: int) -> Any:
+        """text_output, and the outputs the request switched on."""
+        tensors = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))]
+        switches = state.switches
+        if switches.finish_reason:
+            tensors.append(pb_utils.Tensor("finish_reason", np.array([finish_reason.encode()], dtype=np.object_)))
+        if switches.num_input_tokens:
+            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([state.prompt_tokens], dtype=np.uint32)))
+        if switches.num_output_tokens:
+            tensors.append(pb_utils.Tensor("num_output_tokens", np.array([output_tokens], dtype=np.uint32)))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
         self.engine.stop()

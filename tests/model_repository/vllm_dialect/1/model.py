@@ -109,6 +109,8 @@ def parse_options(text: str | None) -> Options:
     if not isinstance(raw, dict):
         raise RequestError("sampling_parameters must be a JSON object")
     raw = {key: value for key, value in raw.items() if value is not None}  # vLLM drops nulls first
+    if isinstance(raw.get("logprobs"), bool):
+        raw["logprobs"] = int(raw["logprobs"])  # vLLM casts to the field's type, Optional[int]: false -> 0
     unknown = sorted(set(raw) - SAMPLING_FIELDS)
     if unknown:
         raise RequestError(f"SamplingParams.__init__() got an unexpected keyword argument {unknown[0]!r}")
