@@ -36,19 +36,15 @@ mkdir -p "$TOOLS_BIN"
 [ -x "$TOOLS_BIN/protoc-gen-go-grpc" ] && "$TOOLS_BIN/protoc-gen-go-grpc" --version | grep -q "${PROTOC_GEN_GO_GRPC_VERSION#v}" ||
   GOBIN="$TOOLS_BIN" go install "google.golang.org/grpc/cmd/protoc-gen-go-grpc@${PROTOC_GEN_GO_GRPC_VERSION}"
 # The Go package is internal to maistro (maistro/internal/gen/inference): the client package's
-# types are the public API. The M option sets its import path here, whatever the proto's
-# go_package says, so the proto (and the Python generated from it) need not change.
+# types are the public API; the proto's go_package names that path.
 GO_OUT=maistro/internal/gen/inference
-GO_IMPORT=github.com/inference-platform/maistro/internal/gen/inference
 rm -rf "$GO_OUT"
 mkdir -p "$GO_OUT"
 "$PY" -m grpc_tools.protoc -I proto \
   --plugin=protoc-gen-go="$TOOLS_BIN/protoc-gen-go" \
   --plugin=protoc-gen-go-grpc="$TOOLS_BIN/protoc-gen-go-grpc" \
   --go_out="$GO_OUT" --go_opt=paths=source_relative \
-  --go_opt="Minference/v1/inference.proto=$GO_IMPORT;inference" \
   --go-grpc_out="$GO_OUT" --go-grpc_opt=paths=source_relative \
-  --go-grpc_opt="Minference/v1/inference.proto=$GO_IMPORT;inference" \
   inference/v1/inference.proto >/dev/null
 # paths=source_relative keeps the proto's directories; flatten them into the Go package folder.
 mv "$GO_OUT"/inference/v1/*.go "$GO_OUT"/

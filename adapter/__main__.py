@@ -6,10 +6,10 @@ import asyncio
 import logging
 import sys
 
+from adapter.app import serve
 from adapter.config import ConfigError, load_settings
-from adapter.embedded_triton import EmbeddedTritonError
-from adapter.scheduler import NoGpuMetrics
-from adapter.server import serve
+from adapter.scheduling.scheduler import NoGpuMetrics
+from adapter.triton.embedded import EmbeddedTritonError
 
 
 def main() -> int:

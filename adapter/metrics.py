@@ -25,8 +25,8 @@ import grpc
 from grpc._cython import cygrpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from adapter.handler_wrapping import Behavior, WrappingInterceptor, rewrap
-from adapter.scheduler import Cause, EventKind, SchedulerEvent
+from adapter.grpc_front.handler_wrapping import Behavior, WrappingInterceptor, rewrap
+from adapter.scheduling.scheduler import Cause, EventKind, SchedulerEvent
 
 # Unary RPCs take milliseconds; a streamed chat or an image generation can take minutes.
 RPC_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)

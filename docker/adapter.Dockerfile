@@ -26,7 +26,8 @@ RUN pip install --no-cache-dir \
         "tritonclient[grpc]==2.73.0" \
         numpy==1.26.4 \
         prometheus-client==0.23.1 \
-        Pillow==13.0.0
+        Pillow==13.0.0 \
+        jsonschema==4.26.0
 
 # ---- runtime: the virtualenv, the adapter's code, a non-root user ----
 FROM python:3.11.11-slim-bookworm AS runtime

@@ -154,7 +154,7 @@ def process_memory_bytes(device: Any = None) -> int:
 
     On a GPU this leaves out the process's CUDA context (hundreds of MB: the driver's, cuBLAS' and
     cuDNN's workspaces), which no API of this process can see; the adapter adds it by measuring
-    the device's growth across the load (adapter/scheduler.py)."""
+    the device's growth across the load (adapter/scheduling/scheduler.py)."""
     # A model that never imported torch holds no CUDA memory (and should not pay torch's import).
     torch = sys.modules.get("torch")
     on_cuda = device is None or getattr(device, "type", str(device)) == "cuda"

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from adapter.gen.inference.v1 import inference_pb2 as pb  # noqa: E402
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
-from adapter.memory_readings import parse_memory  # noqa: E402
+from adapter.triton.memory_readings import parse_memory  # noqa: E402
 from tests.harness import TINY_LLM, start_adapter, stop_adapter, stub_pids  # noqa: E402
 
 MIB = 1 << 20

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapter import procfs
+from adapter.triton import procfs
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_MODELS = REPO / "tests" / "model_repository"

@@ -243,7 +243,7 @@ def test_health_follows_an_external_triton_from_its_first_failed_probe_to_its_re
     again only once the adapter has loaded PRELOAD_MODELS into the new Triton itself."""
     import asyncio
 
-    from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
+    from adapter.triton.embedded import EmbeddedTriton, EmbeddedTritonOptions
     from tests.harness import compose_model_repository, free_port
 
     repository = compose_model_repository(tmp_path / "model_repository")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from adapter.auth import ApiKeyPolicy, presented_key
+from adapter.grpc_front.auth import ApiKeyPolicy, presented_key
 
 CHAT = "/inference.v1.InferenceService/ChatStream"
 CLEAR = "/inference.v1.InferenceService/ClearMemory"

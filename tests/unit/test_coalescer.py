@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from adapter.coalescer import EmbeddingCoalescer
+from adapter.triton.embedding_coalescer import EmbeddingCoalescer
 
 
 class HeldSender:

@@ -1,4 +1,4 @@
-"""The call tracker (adapter.draining): it knows every call in flight, lets them finish within the
+"""The call tracker (adapter.grpc_front.draining): it knows every call in flight, lets them finish within the
 grace period, and ends the rest with UNAVAILABLE; with a fake servicer context, no server."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from adapter.draining import SHUTTING_DOWN, CallTracker
+from adapter.grpc_front.draining import SHUTTING_DOWN, CallTracker
 
 
 class Aborted(Exception):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from adapter.embedded_triton import MAX_LOG_LINE_BYTES, EmbeddedTriton, EmbeddedTritonOptions
+from adapter.triton.embedded import MAX_LOG_LINE_BYTES, EmbeddedTriton, EmbeddedTritonOptions
 
 
 async def test_a_huge_line_is_cut_and_the_lines_after_it_still_arrive(caplog: pytest.LogCaptureFixture) -> None:

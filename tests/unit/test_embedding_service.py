@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from adapter.config import Settings
-from adapter.errors import ResourceExhausted
+from adapter.core.embedding import EmbeddingService
+from adapter.core.errors import ResourceExhausted
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.services.embedding import EmbeddingService
-from adapter.triton_gateway import EmbeddingRows
+from adapter.triton.types import EmbeddingRows
 
 
 class HeldGateway:

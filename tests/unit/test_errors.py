@@ -12,8 +12,8 @@ import grpc
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from adapter import errors
-from adapter.errors import (
+from adapter.core import errors
+from adapter.core.errors import (
     AdapterError,
     Cancelled,
     DeadlineExceeded,
@@ -23,10 +23,9 @@ from adapter.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
-    from_triton,
-    map_errors,
-    map_stream_errors,
 )
+from adapter.grpc_front.status import grpc_code, map_errors, map_stream_errors
+from adapter.triton.errors import from_triton
 
 Code = grpc.StatusCode
 INCIDENT = re.compile(r"incident ([0-9a-f]{12})\b")
@@ -58,7 +57,7 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 )
 def test_each_adapter_error_carries_its_status_code_and_message(kind: type[AdapterError], code: Any) -> None:
     err = kind("what went wrong")
-    assert err.code == code
+    assert grpc_code(err.code) == code
     assert err.message == "what went wrong"
     assert str(err) == "what went wrong"
 
@@ -84,14 +83,14 @@ def test_triton_status_becomes_the_matching_error_with_tritons_message(status: s
 
 def test_unknown_model_returns_not_found() -> None:
     mapped = from_triton(triton_error("Request for unknown model: 'nope' is not found", "StatusCode.NOT_FOUND"), "x")
-    assert mapped.code == Code.NOT_FOUND
+    assert grpc_code(mapped.code) == Code.NOT_FOUND
     assert "nope" in mapped.message
 
 
 def test_unavailable_triton_says_so_with_context_and_reason() -> None:
     mapped = from_triton(triton_error("failed to connect to all addresses", "StatusCode.UNAVAILABLE"), "loading llm")
     assert type(mapped) is Unavailable
-    assert mapped.code == Code.UNAVAILABLE
+    assert grpc_code(mapped.code) == Code.UNAVAILABLE
     assert "Triton is unavailable" in mapped.message
     assert "loading llm" in mapped.message
     assert "failed to connect to all addresses" in mapped.message
@@ -101,7 +100,7 @@ def test_unavailable_triton_says_so_with_context_and_reason() -> None:
 def test_other_triton_status_becomes_internal_with_context(status: str | None) -> None:
     mapped = from_triton(triton_error("backend exploded", status), "inferring llm")
     assert type(mapped) is Internal
-    assert mapped.code == Code.INTERNAL
+    assert grpc_code(mapped.code) == Code.INTERNAL
     assert "inferring llm" in mapped.message
     assert "backend exploded" in mapped.message
 
@@ -131,13 +130,13 @@ def test_grpc_call_error_from_triton_maps_by_its_code(code: grpc.StatusCode, kin
 @pytest.mark.parametrize("err", [ConnectionRefusedError("refused"), OSError("network is unreachable")])
 def test_connection_failure_is_unavailable(err: Exception) -> None:
     mapped = from_triton(err, "checking readiness")
-    assert mapped.code == Code.UNAVAILABLE
+    assert grpc_code(mapped.code) == Code.UNAVAILABLE
     assert "Triton is unavailable" in mapped.message
 
 
 def test_unexpected_exception_from_triton_is_internal() -> None:
     mapped = from_triton(ValueError("odd"), "parsing output")
-    assert mapped.code == Code.INTERNAL
+    assert grpc_code(mapped.code) == Code.INTERNAL
     assert "parsing output" in mapped.message
 
 

@@ -14,10 +14,14 @@ from google.protobuf.duration_pb2 import Duration
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from adapter import errors, image_inputs, validation
 from adapter.config import Settings
+from adapter.core import errors, image_inputs
+from adapter.core import types as t
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.services import memory
+from adapter.grpc_front import convert
+from adapter.grpc_front.status import grpc_code, to_status
+from adapter.scheduling.scheduler import ModelState
+from adapter.triton import errors as triton_errors
 
 
 def test_long_messages_are_cut_to_fit_grpc_trailers() -> None:
@@ -41,16 +45,17 @@ def test_long_messages_are_cut_to_fit_grpc_trailers() -> None:
 def test_in_band_triton_request_checks_are_invalid_argument(message: str) -> None:
     # ChatStream/GenerateStream to a model of another kind: Triton's in-band error has no status.
     err = InferenceServerException(msg=message)
-    assert errors.triton_status(err) == grpc.StatusCode.INVALID_ARGUMENT
-    mapped = errors._to_status(err, "ChatStream")
-    assert mapped.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert triton_errors.triton_status(err) == grpc.StatusCode.INVALID_ARGUMENT
+    mapped = to_status(err, "ChatStream")
+    assert grpc_code(mapped.code) == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a model of the kind this RPC needs" in mapped.message and message in mapped.message
 
 
 def test_unknown_in_band_triton_errors_stay_internal() -> None:
-    assert errors.triton_status(InferenceServerException(msg="stub crashed")) is None
+    assert triton_errors.triton_status(InferenceServerException(msg="stub crashed")) is None
     assert (
-        errors._to_status(InferenceServerException(msg="stub crashed"), "ChatStream").code == grpc.StatusCode.INTERNAL
+        grpc_code(to_status(InferenceServerException(msg="stub crashed"), "ChatStream").code)
+        == grpc.StatusCode.INTERNAL
     )
 
 
@@ -59,8 +64,8 @@ def test_unimplemented_from_triton_is_invalid_argument() -> None:
     err = InferenceServerException(
         msg="ModelInfer RPC doesn't support models with decoupled transaction policy", status="StatusCode.UNIMPLEMENTED"
     )
-    mapped = errors.from_triton(err, "embedding with 'llm'")
-    assert mapped.code == grpc.StatusCode.INVALID_ARGUMENT
+    mapped = triton_errors.from_triton(err, "embedding with 'llm'")
+    assert grpc_code(mapped.code) == grpc.StatusCode.INVALID_ARGUMENT
     assert "embedding with 'llm'" in mapped.message
 
 
@@ -71,20 +76,24 @@ def test_out_of_range_durations_are_invalid_argument(seconds: int, nanos: int) -
     # Duration(seconds=2**62).ToTimedelta() raised OverflowError: INTERNAL on every RPC with keep_alive.
     request = pb.ChatStreamRequest(keep_alive=Duration(seconds=seconds, nanos=nanos))
     with pytest.raises(errors.InvalidArgument, match="keep_alive"):
-        validation.keep_alive(request)
+        convert.keep_alive(request)
 
 
 def test_durations_in_range_are_seconds() -> None:
-    assert validation.duration_seconds("d", Duration(seconds=315_576_000_000)) == 315_576_000_000
-    assert validation.duration_seconds("d", Duration(seconds=-1, nanos=-500_000_000)) == -1.5
-    assert validation.keep_alive(pb.ChatStreamRequest(keep_alive=Duration(seconds=-5))) is None
+    assert convert.duration_seconds("d", Duration(seconds=315_576_000_000)) == 315_576_000_000
+    assert convert.duration_seconds("d", Duration(seconds=-1, nanos=-500_000_000)) == -1.5
+    assert convert.keep_alive(pb.ChatStreamRequest(keep_alive=Duration(seconds=-5))) is None
 
 
 def test_expiry_past_what_a_timestamp_holds_is_left_unset() -> None:
     # A keep-alive of 10^12 s made every later GetMemoryStats fail (Timestamp out of range): INTERNAL.
-    assert memory._expiry(1e12 + 1.7e9) is None
-    stamp = memory._expiry(1.7e9)
-    assert stamp is not None and stamp.seconds == 1_700_000_000
+    def expiring(at: float) -> t.MemorySnapshot:
+        model = t.ModelMemory("m", ModelState.LOADED, 0, "", False, 0, "", None, at)
+        return t.MemorySnapshot(devices=[], models=[model], budget_bytes=0, taken_at=1.7e9)
+
+    assert not convert.memory_snapshot(expiring(1e12 + 1.7e9)).models[0].HasField("expires_at")
+    stamp = convert.memory_snapshot(expiring(1.7e9)).models[0].expires_at
+    assert stamp.seconds == 1_700_000_000
 
 
 def _png_claiming(width: int, height: int) -> bytes:

@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from adapter import errors
 from adapter.config import load_settings
-from adapter.memory_readings import DeviceReading, MemoryReading, parse_memory
-from adapter.scheduler import ANY_DEVICE, LOADED, UNLOADED, NoGpuMetrics, Scheduler, measure_load, plan_budgets
+from adapter.core import errors
+from adapter.scheduling.scheduler import (
+    ANY_DEVICE,
+    LOADED,
+    UNLOADED,
+    NoGpuMetrics,
+    Scheduler,
+    measure_load,
+    plan_budgets,
+)
+from adapter.triton.memory_readings import DeviceReading, MemoryReading, parse_memory
 
 GIB = 1 << 30
 TWO_GPUS = """\

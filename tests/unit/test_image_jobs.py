@@ -1,4 +1,4 @@
-"""The image job queue's bookkeeping (adapter.image_jobs): queue places, the work it counts against
+"""The image job queue's bookkeeping (adapter.scheduling.image_jobs): queue places, the work it counts against
 its model, live progress, failures, idempotent submission. A fake Triton (model control and image
 stream), the real scheduler and a real job store on a temporary directory."""
 
@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from adapter import errors
 from adapter.config import Settings
-from adapter.image_inputs import ImageSpec
-from adapter.image_jobs import ImageJobService, JobView
-from adapter.job_store import JobStore
-from adapter.memory_readings import DeviceReading, MemoryReading
-from adapter.scheduler import Scheduler
-from adapter.triton_gateway import ImageProgress, _ModelInfo
+from adapter.core import errors
+from adapter.core.image_inputs import ImageSpec
+from adapter.scheduling.image_jobs import ImageJobService, JobView
+from adapter.scheduling.job_store import JobStore
+from adapter.scheduling.scheduler import Scheduler
+from adapter.triton.memory_readings import DeviceReading, MemoryReading
+from adapter.triton.types import ImageProgress, ModelInfo
 
 
 def _png(width: int, height: int) -> bytes:
@@ -65,8 +65,8 @@ class FakeTriton:
         return MemoryReading([DeviceReading("cpu", 10_000, 0)])
 
     # The gateway
-    async def model_info(self, model: str) -> _ModelInfo:
-        return _ModelInfo(outputs=OUTPUTS[model])
+    async def model_info(self, model: str) -> ModelInfo:
+        return ModelInfo(outputs=OUTPUTS[model])
 
     async def stream_image(
         self,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapter.job_store import INTERRUPTED, JobStore
+from adapter.scheduling.job_store import INTERRUPTED, JobStore
 
 
 async def test_a_finished_job_keeps_its_images_and_sizes(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""ManageVRAM's command dispatch (adapter.services.memory.MemoryService.manage): each command reaches
+"""ManageVRAM's command dispatch (adapter.core.memory.MemoryService.manage, through the gRPC
+front's translation): each command reaches
 the scheduler, every command is answered under its id (errors too, the stream staying open),
 scheduler events and subscribed snapshots are pushed. The real scheduler over a fake Triton."""
 
@@ -10,10 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from adapter import errors
+from adapter.core import errors
+from adapter.core.memory import MemoryService
 from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.scheduler import Scheduler
-from adapter.services.memory import MemoryService
+from adapter.grpc_front.servicer import manage_vram
+from adapter.scheduling.scheduler import Scheduler
 from tests.unit.test_scheduler import FakeProbe, FakeTriton, make
 
 Response = pb.ManageVRAMResponse
@@ -33,7 +35,7 @@ async def converse(memory: MemoryService, *requests: pb.ManageVRAMRequest, hold_
         await asyncio.sleep(hold_s)
 
     async with asyncio.timeout(10):
-        return [response async for response in memory.manage(stream())]
+        return [response async for response in manage_vram(memory, stream())]
 
 
 def results(responses: list[Response]) -> dict[str, pb.CommandResult]:
@@ -219,5 +221,5 @@ async def test_a_broken_request_stream_ends_the_call_with_its_error() -> None:
 
     with pytest.raises(errors.InvalidArgument, match="undecodable"):
         async with asyncio.timeout(10):
-            async for _ in memory.manage(broken()):
+            async for _ in manage_vram(memory, broken()):
                 pass

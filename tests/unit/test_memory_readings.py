@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapter.memory_readings import DeviceReading, MemoryReading, freed_bytes, parse_memory
+from adapter.triton.memory_readings import DeviceReading, MemoryReading, freed_bytes, parse_memory
 
 CPU_TEXT = """\
 # TYPE nv_cpu_memory_total_bytes gauge

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from adapter import image_inputs
 from adapter.config import REPO_ROOT
-from adapter.errors import InvalidArgument
-from adapter.model_files import read_model_file
+from adapter.core import image_inputs
+from adapter.core.errors import InvalidArgument
+from adapter.triton.model_files import read_model_file
 
 REPOSITORY = REPO_ROOT / "model_repository"
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from adapter import errors
-from adapter.triton_gateway import TritonGateway, _ModelInfo
+from adapter.core import errors
+from adapter.triton.gateway import TritonGateway
+from adapter.triton.types import ModelInfo
 
-LLM = _ModelInfo(
+LLM = ModelInfo(
     inputs=frozenset({"text_input", "messages", "sampling_parameters", "stream"}),
     outputs=frozenset({"text_output", "finish_reason", "prompt_tokens", "completion_tokens"}),
 )
-EMBEDDING = _ModelInfo(
+EMBEDDING = ModelInfo(
     max_batch_size=64,
     inputs=frozenset({"text_input", "normalize"}),
     outputs=frozenset({"embedding", "token_count", "truncated"}),
 )
-RAW_PROMPT_ONLY = _ModelInfo(inputs=frozenset({"text_input", "stream"}), outputs=frozenset({"text_output"}))
+RAW_PROMPT_ONLY = ModelInfo(inputs=frozenset({"text_input", "stream"}), outputs=frozenset({"text_output"}))
 
 
 @pytest.fixture

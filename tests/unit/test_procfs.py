@@ -1,4 +1,4 @@
-"""adapter.procfs over a fake /proc (and a few checks against the real one)."""
+"""adapter.triton.procfs over a fake /proc (and a few checks against the real one)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from adapter import procfs
+from adapter.triton import procfs
 
 
 def add_process(

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from adapter import validation
-from adapter.errors import InvalidArgument
+from adapter.core import validation
+from adapter.core.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.grpc_front import convert
 from model_runtime import sampling_limits
 
 EDGES = {name: (r.low, r.high) for name, r in sampling_limits.RANGES.items()}
@@ -28,7 +29,7 @@ EDGES = {name: (r.low, r.high) for name, r in sampling_limits.RANGES.items()}
 )
 def test_values_that_could_break_sampling_are_invalid_argument_naming_the_range(field: str, value: float) -> None:
     with pytest.raises(InvalidArgument, match=rf"options\.{field} must be in \[") as refused:
-        validation.sampling_parameters(pb.GenerationOptions(**{field: value}), None)
+        validation.sampling_parameters(convert.generation_options(pb.GenerationOptions(**{field: value})), None)
     assert sampling_limits.RANGES[field].describe() in refused.value.message
 
 
@@ -38,7 +39,8 @@ def test_both_ends_of_each_range_are_accepted(field: str) -> None:
     for value in (r.high,) if r.low_open else (r.low, r.high):
         assert sampling_limits.check(field, value) is None
         cast = int(value) if field == "top_k" else value
-        assert field in validation.sampling_parameters(pb.GenerationOptions(**{field: cast}), None)
+        options = convert.generation_options(pb.GenerationOptions(**{field: cast}))
+        assert field in validation.sampling_parameters(options, None)
 
 
 def test_check_all_reads_the_models_parsed_parameters() -> None:

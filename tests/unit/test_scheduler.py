@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from adapter import errors
-from adapter.memory_readings import DeviceReading, MemoryReading
-from adapter.scheduler import LOADED, UNLOADED, Scheduler, SchedulerEvent
+from adapter.core import errors
+from adapter.scheduling.scheduler import LOADED, UNLOADED, Scheduler, SchedulerEvent
+from adapter.triton.memory_readings import DeviceReading, MemoryReading
 
 SIZE = {"a": 100, "b": 100, "c": 100, "big": 500}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from adapter import errors
+from adapter.core import errors
 from adapter.metrics import AdapterMetrics
-from adapter.scheduler import FAILED, UNLOADED, Cause, EventKind, ModelState, Scheduler, SchedulerEvent
+from adapter.scheduling.scheduler import FAILED, UNLOADED, Cause, EventKind, ModelState, Scheduler, SchedulerEvent
 from tests.unit.test_scheduler import make, settle, use_once
 
 

@@ -11,8 +11,9 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
-from adapter import errors
-from adapter.triton_gateway import TextGenerationRequest, TritonGateway
+from adapter.core import errors
+from adapter.triton.gateway import TritonGateway
+from adapter.triton.types import TextGenerationRequest
 
 
 def _bytes(value: str) -> bytes:

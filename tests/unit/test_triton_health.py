@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from adapter.triton_health import TritonHealthWatcher
+from adapter.triton.health import TritonHealthWatcher
 
 
 class Triton:

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import grpc
 import pytest
 
-from adapter import validation
-from adapter.errors import InvalidArgument
+from adapter.core import types as t
+from adapter.core import validation
+from adapter.core.errors import InvalidArgument
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.grpc_front import convert
+from adapter.grpc_front.status import grpc_code
 
 
-def options(**fields: Any) -> pb.GenerationOptions:
-    return pb.GenerationOptions(**fields)
+def options(**fields: Any) -> t.GenerationOptions:
+    """Options as a gRPC client sends them (32-bit floats), converted as the front does."""
+    return convert.generation_options(pb.GenerationOptions(**fields))
+
+
+def chat_messages(messages: Any) -> list[dict[str, str]]:
+    """validation.chat_messages over the messages of a gRPC request, converted as the front does."""
+    return validation.chat_messages(convert.chat_request(pb.ChatStreamRequest(messages=messages)).messages)
 
 
 # --- model, prompt, messages ----------------------------------------------------------------
@@ -28,7 +38,7 @@ def test_model_name_is_returned_when_given() -> None:
 def test_missing_model_is_invalid_argument(model: str) -> None:
     with pytest.raises(InvalidArgument, match="model is required") as raised:
         validation.require_model(model)
-    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert grpc_code(raised.value.code) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_prompt_is_returned_unchanged() -> None:
@@ -46,7 +56,7 @@ def test_chat_messages_become_role_content_dicts() -> None:
         pb.ChatMessage(role="user", content="hi"),
         pb.ChatMessage(role="assistant", content=""),
     ]
-    assert validation.chat_messages(messages) == [
+    assert chat_messages(messages) == [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": ""},
@@ -55,30 +65,30 @@ def test_chat_messages_become_role_content_dicts() -> None:
 
 def test_chat_messages_of_a_real_request_are_accepted() -> None:
     request = pb.ChatStreamRequest(model="llm", messages=[pb.ChatMessage(role="user", content="hi")])
-    assert validation.chat_messages(request.messages) == [{"role": "user", "content": "hi"}]
+    assert chat_messages(request.messages) == [{"role": "user", "content": "hi"}]
 
 
 def test_no_messages_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgument, match="messages must not be empty"):
-        validation.chat_messages(pb.ChatStreamRequest(model="llm").messages)
+        chat_messages(pb.ChatStreamRequest(model="llm").messages)
 
 
-@pytest.mark.parametrize("role", ["tool", "USER", "", "function"])
+@pytest.mark.parametrize("role", ["USER", "", "function", "developer"])
 def test_unknown_role_is_invalid_argument_naming_the_message(role: str) -> None:
     messages = [pb.ChatMessage(role="user", content="hi"), pb.ChatMessage(role=role, content="x")]
     with pytest.raises(InvalidArgument, match=r"messages\[1\]\.role"):
-        validation.chat_messages(messages)
+        chat_messages(messages)
 
 
 def test_messages_that_are_all_blank_are_invalid_argument() -> None:
     messages = [pb.ChatMessage(role="system", content=" "), pb.ChatMessage(role="user", content="\n")]
     with pytest.raises(InvalidArgument, match="messages must contain some text"):
-        validation.chat_messages(messages)
+        chat_messages(messages)
 
 
 def test_one_message_with_text_is_enough() -> None:
     messages = [pb.ChatMessage(role="system", content=""), pb.ChatMessage(role="user", content="hi")]
-    assert len(validation.chat_messages(messages)) == 2
+    assert len(chat_messages(messages)) == 2
 
 
 # --- sampling options ------------------------------------------------------------------------
@@ -211,9 +221,9 @@ def test_too_many_stop_sequences_are_invalid_argument() -> None:
 
 
 def test_options_of_a_real_generate_request_are_checked() -> None:
-    request = pb.GenerateStreamRequest(model="llm", prompt="hi", options=options(top_p=2.0))
+    request = pb.GenerateStreamRequest(model="llm", prompt="hi", options=pb.GenerationOptions(top_p=2.0))
     with pytest.raises(InvalidArgument, match="options.top_p"):
-        validation.sampling_parameters(request.options, None)
+        validation.sampling_parameters(convert.generation_options(request.options), None)
 
 
 class TestEmbeddingInputs:
@@ -253,5 +263,85 @@ def test_a_duration_with_mixed_signs_is_refused(seconds: int, nanos: int) -> Non
     from google.protobuf.duration_pb2 import Duration
 
     with pytest.raises(InvalidArgument, match="same sign"):
-        validation.duration_seconds("keep_alive", Duration(seconds=seconds, nanos=nanos))
-    assert validation.duration_seconds("keep_alive", Duration(seconds=0, nanos=-5)) == -5e-9
+        convert.duration_seconds("keep_alive", Duration(seconds=seconds, nanos=nanos))
+    assert convert.duration_seconds("keep_alive", Duration(seconds=0, nanos=-5)) == -5e-9
+
+
+# --- tools, tool_choice, response_format (issue 20) -------------------------------------------
+
+WEATHER = t.Tool("get_weather", "Weather for a city", '{"type": "object", "properties": {"city": {"type": "string"}}}')
+
+
+def test_a_tool_message_must_answer_an_earlier_call() -> None:
+    call = pb.ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')
+    answered = [
+        pb.ChatMessage(role="user", content="weather?"),
+        pb.ChatMessage(role="assistant", tool_calls=[call]),
+        pb.ChatMessage(role="tool", tool_call_id="call_1", content="sunny"),
+    ]
+    checked = chat_messages(answered)
+    assert checked[1]["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    ]
+    assert checked[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+    with pytest.raises(InvalidArgument, match=r"messages\[2\]\.tool_call_id 'call_9' answers no tool call"):
+        chat_messages([*answered[:2], pb.ChatMessage(role="tool", tool_call_id="call_9", content="x")])
+    with pytest.raises(InvalidArgument, match=r"messages\[1\]\.tool_call_id is required"):
+        chat_messages([answered[0], pb.ChatMessage(role="tool", content="x")])
+
+
+def test_tool_call_arguments_must_be_a_json_object() -> None:
+    call = pb.ToolCall(id="c", name="f", arguments="[1, 2]")
+    with pytest.raises(InvalidArgument, match=r"messages\[0\]\.tool_calls\[0\]\.arguments must be a JSON object"):
+        chat_messages([pb.ChatMessage(role="assistant", tool_calls=[call])])
+
+
+def test_tools_become_openai_function_tools() -> None:
+    [tool] = validation.tools([WEATHER])
+    assert tool == {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    assert validation.tools([t.Tool("noop")])[0]["function"]["parameters"] == {"type": "object", "properties": {}}
+
+
+@pytest.mark.parametrize(
+    ("tool", "match"),
+    [
+        (t.Tool("bad name"), r"tools\[0\]\.name"),
+        (t.Tool("f", parameters="{nope"), r"tools\[0\]\.parameters is not valid JSON"),
+        (t.Tool("f", parameters='{"type": "objekt"}'), r"tools\[0\]\.parameters is not a valid JSON schema"),
+    ],
+)
+def test_bad_tools_name_the_field(tool: t.Tool, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        validation.tools([tool])
+
+
+def test_tool_choice_must_name_a_given_tool() -> None:
+    named = t.ToolChoice(t.ToolChoiceMode.FUNCTION, "get_weather")
+    assert validation.tool_choice(named, [WEATHER]) == {"type": "function", "function": {"name": "get_weather"}}
+    assert validation.tool_choice(t.ToolChoice(t.ToolChoiceMode.REQUIRED), [WEATHER]) == "required"
+    assert validation.tool_choice(t.ToolChoice(), [WEATHER]) is None
+    with pytest.raises(InvalidArgument, match=r"tool_choice.function 'get_time' is not among the tools"):
+        validation.tool_choice(t.ToolChoice(t.ToolChoiceMode.FUNCTION, "get_time"), [WEATHER])
+    with pytest.raises(InvalidArgument, match="tool_choice 'required' needs tools"):
+        validation.tool_choice(t.ToolChoice(t.ToolChoiceMode.REQUIRED), [])
+
+
+def test_response_format_becomes_guided_decoding() -> None:
+    schema = '{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}'
+    json_schema = t.ResponseFormat(t.ResponseFormatType.JSON_SCHEMA, schema)
+    assert validation.guided_decoding(json_schema) == {"json": json.loads(schema)}
+    strict = t.ResponseFormat(t.ResponseFormatType.JSON_SCHEMA, schema, strict=True)
+    assert validation.guided_decoding(strict) == {"json": {**json.loads(schema), "additionalProperties": False}}
+    assert validation.guided_decoding(t.ResponseFormat(t.ResponseFormatType.JSON_OBJECT)) == {"json_object": True}
+    assert validation.guided_decoding(t.ResponseFormat()) is None
+    with pytest.raises(InvalidArgument, match="response_format.json_schema is not a valid JSON schema"):
+        validation.guided_decoding(t.ResponseFormat(t.ResponseFormatType.JSON_SCHEMA, '{"type": 5}'))
+    with pytest.raises(InvalidArgument, match="response_format.json_schema is required"):
+        validation.guided_decoding(t.ResponseFormat(t.ResponseFormatType.JSON_SCHEMA))

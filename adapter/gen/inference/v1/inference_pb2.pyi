@@ -45,6 +45,8 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """max_tokens was reached."""
     FINISH_REASON_CANCELLED: _FinishReason.ValueType  # 3
     """The request was cancelled before the end."""
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 4
+    """The model called tools (ChatStream): the reply's tool_calls are to be run."""
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """FinishReason says why a generation ended."""
@@ -56,6 +58,8 @@ FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 """max_tokens was reached."""
 FINISH_REASON_CANCELLED: FinishReason.ValueType  # 3
 """The request was cancelled before the end."""
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 4
+"""The model called tools (ChatStream): the reply's tool_calls are to be run."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 class _JobState:
@@ -144,22 +148,235 @@ class ChatMessage(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     role: _builtins.str
-    """One of "system", "user", "assistant"."""
+    """One of "system", "user", "assistant", "tool"."""
     content: _builtins.str
+    tool_call_id: _builtins.str
+    """A tool turn: the id of the assistant's call this is the result of (required for "tool")."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """An assistant turn: the tools it called (content may then be empty)."""
+
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         content: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """ToolCall is one call of a function the model made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Unique within the conversation; a "tool" message answers it by this id."""
+    name: _builtins.str
+    arguments: _builtins.str
+    """The arguments as a JSON object's text."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """Tool is a function the model may call (OpenAI's "function" tool)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    parameters_json: _builtins.str
+    """The arguments' JSON schema, as JSON text (an object schema); empty: no arguments."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_json", b"parameters_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """ToolChoice says whether and which tools the model must call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Mode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ToolChoice._Mode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        MODE_UNSPECIFIED: ToolChoice._Mode.ValueType  # 0
+        """AUTO when tools are given, NONE otherwise."""
+        MODE_AUTO: ToolChoice._Mode.ValueType  # 1
+        """The model decides: it answers in text or calls tools in its own format, which is parsed."""
+        MODE_NONE: ToolChoice._Mode.ValueType  # 2
+        """The model is not shown the tools."""
+        MODE_REQUIRED: ToolChoice._Mode.ValueType  # 3
+        """The model must call at least one tool; its arguments validate against the tool's schema."""
+        MODE_FUNCTION: ToolChoice._Mode.ValueType  # 4
+        """The model must call the tool named in `function`."""
+
+    class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+    MODE_UNSPECIFIED: ToolChoice.Mode.ValueType  # 0
+    """AUTO when tools are given, NONE otherwise."""
+    MODE_AUTO: ToolChoice.Mode.ValueType  # 1
+    """The model decides: it answers in text or calls tools in its own format, which is parsed."""
+    MODE_NONE: ToolChoice.Mode.ValueType  # 2
+    """The model is not shown the tools."""
+    MODE_REQUIRED: ToolChoice.Mode.ValueType  # 3
+    """The model must call at least one tool; its arguments validate against the tool's schema."""
+    MODE_FUNCTION: ToolChoice.Mode.ValueType  # 4
+    """The model must call the tool named in `function`."""
+
+    MODE_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoice.Mode.ValueType
+    function: _builtins.str
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoice.Mode.ValueType = ...,
+        function: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """ResponseFormat constrains the reply (OpenAI's response_format); guaranteed by constrained
+    decoding: the model can only emit tokens that keep the output valid.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ResponseFormat._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TYPE_UNSPECIFIED: ResponseFormat._Type.ValueType  # 0
+        """Free text."""
+        TYPE_TEXT: ResponseFormat._Type.ValueType  # 1
+        TYPE_JSON_OBJECT: ResponseFormat._Type.ValueType  # 2
+        """Any JSON object."""
+        TYPE_JSON_SCHEMA: ResponseFormat._Type.ValueType  # 3
+        """JSON valid against `json_schema`."""
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper): ...
+    TYPE_UNSPECIFIED: ResponseFormat.Type.ValueType  # 0
+    """Free text."""
+    TYPE_TEXT: ResponseFormat.Type.ValueType  # 1
+    TYPE_JSON_OBJECT: ResponseFormat.Type.ValueType  # 2
+    """Any JSON object."""
+    TYPE_JSON_SCHEMA: ResponseFormat.Type.ValueType  # 3
+    """JSON valid against `json_schema`."""
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    type: Global___ResponseFormat.Type.ValueType
+    json_schema: _builtins.str
+    """TYPE_JSON_SCHEMA: the schema as JSON text."""
+    name: _builtins.str
+    """TYPE_JSON_SCHEMA: the schema's name (as OpenAI's json_schema.name; informative)."""
+    strict: _builtins.bool
+    """OpenAI's json_schema.strict. The schema is always enforced here; strict also forbids
+    properties the schema does not name.
+    """
+    def __init__(
+        self,
+        *,
+        type: Global___ResponseFormat.Type.ValueType = ...,
+        json_schema: _builtins.str = ...,
+        name: _builtins.str = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json_schema", b"json_schema", "name", b"name", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
+
+@_typing.final
+class ToolCallDelta(_message.Message):
+    """ToolCallDelta is a piece of a tool call being streamed: the first piece of a call carries its
+    id and name, the next ones fragments of its arguments (concatenated, they are the arguments).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Which call of this reply (0, 1, ...)."""
+    id: _builtins.str
+    name: _builtins.str
+    arguments: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
 
 @_typing.final
 class GenerationOptions(_message.Message):
@@ -321,6 +538,9 @@ class ChatStreamRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
     KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name as served by Triton (for example "llm")."""
     @_builtins.property
@@ -333,6 +553,14 @@ class ChatStreamRequest(_message.Message):
         keeps it loaded, unset takes the server's default.
         """
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Functions the model may call."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice: ...
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat: ...
     def __init__(
         self,
         *,
@@ -340,10 +568,13 @@ class ChatStreamRequest(_message.Message):
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         options: Global___GenerationOptions | None = ...,
         keep_alive: _duration_pb2.Duration | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive", "options", b"options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive", "options", b"options", "response_format", b"response_format", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive", "messages", b"messages", "model", b"model", "options", b"options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive", "messages", b"messages", "model", b"model", "options", b"options", "response_format", b"response_format", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,6 +594,7 @@ class ChatStreamResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     delta: _builtins.str
     """The text generated since the previous chunk (may be empty on the last chunk)."""
@@ -372,6 +604,10 @@ class ChatStreamResponse(_message.Message):
     def usage(self) -> Global___Usage: ...
     @_builtins.property
     def timings(self) -> Global___Timings: ...
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCallDelta]:
+        """Tool calls being made (finish_reason TOOL_CALLS on the last chunk)."""
+
     def __init__(
         self,
         *,
@@ -381,10 +617,11 @@ class ChatStreamResponse(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
         timings: Global___Timings | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCallDelta] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "timings", b"timings", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

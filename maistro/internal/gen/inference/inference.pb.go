@@ -46,6 +46,8 @@ const (
 	FinishReason_FINISH_REASON_LENGTH FinishReason = 2
 	// The request was cancelled before the end.
 	FinishReason_FINISH_REASON_CANCELLED FinishReason = 3
+	// The model called tools (ChatStream): the reply's tool_calls are to be run.
+	FinishReason_FINISH_REASON_TOOL_CALLS FinishReason = 4
 )
 
 // Enum value maps for FinishReason.
@@ -55,12 +57,14 @@ var (
 		1: "FINISH_REASON_STOP",
 		2: "FINISH_REASON_LENGTH",
 		3: "FINISH_REASON_CANCELLED",
+		4: "FINISH_REASON_TOOL_CALLS",
 	}
 	FinishReason_value = map[string]int32{
 		"FINISH_REASON_UNSPECIFIED": 0,
 		"FINISH_REASON_STOP":        1,
 		"FINISH_REASON_LENGTH":      2,
 		"FINISH_REASON_CANCELLED":   3,
+		"FINISH_REASON_TOOL_CALLS":  4,
 	}
 )
 
@@ -262,12 +266,131 @@ func (ModelEventKind) EnumDescriptor() ([]byte, []int) {
 	return file_inference_v1_inference_proto_rawDescGZIP(), []int{3}
 }
 
+type ToolChoice_Mode int32
+
+const (
+	// AUTO when tools are given, NONE otherwise.
+	ToolChoice_MODE_UNSPECIFIED ToolChoice_Mode = 0
+	// The model decides: it answers in text or calls tools in its own format, which is parsed.
+	ToolChoice_MODE_AUTO ToolChoice_Mode = 1
+	// The model is not shown the tools.
+	ToolChoice_MODE_NONE ToolChoice_Mode = 2
+	// The model must call at least one tool; its arguments validate against the tool's schema.
+	ToolChoice_MODE_REQUIRED ToolChoice_Mode = 3
+	// The model must call the tool named in `function`.
+	ToolChoice_MODE_FUNCTION ToolChoice_Mode = 4
+)
+
+// Enum value maps for ToolChoice_Mode.
+var (
+	ToolChoice_Mode_name = map[int32]string{
+		0: "MODE_UNSPECIFIED",
+		1: "MODE_AUTO",
+		2: "MODE_NONE",
+		3: "MODE_REQUIRED",
+		4: "MODE_FUNCTION",
+	}
+	ToolChoice_Mode_value = map[string]int32{
+		"MODE_UNSPECIFIED": 0,
+		"MODE_AUTO":        1,
+		"MODE_NONE":        2,
+		"MODE_REQUIRED":    3,
+		"MODE_FUNCTION":    4,
+	}
+)
+
+func (x ToolChoice_Mode) Enum() *ToolChoice_Mode {
+	p := new(ToolChoice_Mode)
+	*p = x
+	return p
+}
+
+func (x ToolChoice_Mode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ToolChoice_Mode) Descriptor() protoreflect.EnumDescriptor {
+	return file_inference_v1_inference_proto_enumTypes[4].Descriptor()
+}
+
+func (ToolChoice_Mode) Type() protoreflect.EnumType {
+	return &file_inference_v1_inference_proto_enumTypes[4]
+}
+
+func (x ToolChoice_Mode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ToolChoice_Mode.Descriptor instead.
+func (ToolChoice_Mode) EnumDescriptor() ([]byte, []int) {
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{3, 0}
+}
+
+type ResponseFormat_Type int32
+
+const (
+	// Free text.
+	ResponseFormat_TYPE_UNSPECIFIED ResponseFormat_Type = 0
+	ResponseFormat_TYPE_TEXT        ResponseFormat_Type = 1
+	// Any JSON object.
+	ResponseFormat_TYPE_JSON_OBJECT ResponseFormat_Type = 2
+	// JSON valid against `json_schema`.
+	ResponseFormat_TYPE_JSON_SCHEMA ResponseFormat_Type = 3
+)
+
+// Enum value maps for ResponseFormat_Type.
+var (
+	ResponseFormat_Type_name = map[int32]string{
+		0: "TYPE_UNSPECIFIED",
+		1: "TYPE_TEXT",
+		2: "TYPE_JSON_OBJECT",
+		3: "TYPE_JSON_SCHEMA",
+	}
+	ResponseFormat_Type_value = map[string]int32{
+		"TYPE_UNSPECIFIED": 0,
+		"TYPE_TEXT":        1,
+		"TYPE_JSON_OBJECT": 2,
+		"TYPE_JSON_SCHEMA": 3,
+	}
+)
+
+func (x ResponseFormat_Type) Enum() *ResponseFormat_Type {
+	p := new(ResponseFormat_Type)
+	*p = x
+	return p
+}
+
+func (x ResponseFormat_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResponseFormat_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_inference_v1_inference_proto_enumTypes[5].Descriptor()
+}
+
+func (ResponseFormat_Type) Type() protoreflect.EnumType {
+	return &file_inference_v1_inference_proto_enumTypes[5]
+}
+
+func (x ResponseFormat_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResponseFormat_Type.Descriptor instead.
+func (ResponseFormat_Type) EnumDescriptor() ([]byte, []int) {
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{4, 0}
+}
+
 // ChatMessage is one turn of a conversation.
 type ChatMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// One of "system", "user", "assistant".
-	Role          string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
-	Content       string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// One of "system", "user", "assistant", "tool".
+	Role    string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Content string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// An assistant turn: the tools it called (content may then be empty).
+	ToolCalls []*ToolCall `protobuf:"bytes,3,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// A tool turn: the id of the assistant's call this is the result of (required for "tool").
+	ToolCallId    string `protobuf:"bytes,4,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +439,343 @@ func (x *ChatMessage) GetContent() string {
 	return ""
 }
 
+func (x *ChatMessage) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+// ToolCall is one call of a function the model made.
+type ToolCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique within the conversation; a "tool" message answers it by this id.
+	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The arguments as a JSON object's text.
+	Arguments     string `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_inference_v1_inference_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_v1_inference_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+// Tool is a function the model may call (OpenAI's "function" tool).
+type Tool struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// The arguments' JSON schema, as JSON text (an object schema); empty: no arguments.
+	ParametersJson string `protobuf:"bytes,3,opt,name=parameters_json,json=parametersJson,proto3" json:"parameters_json,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_inference_v1_inference_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_v1_inference_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Tool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Tool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Tool) GetParametersJson() string {
+	if x != nil {
+		return x.ParametersJson
+	}
+	return ""
+}
+
+// ToolChoice says whether and which tools the model must call.
+type ToolChoice struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mode          ToolChoice_Mode        `protobuf:"varint,1,opt,name=mode,proto3,enum=inference.v1.ToolChoice_Mode" json:"mode,omitempty"`
+	Function      string                 `protobuf:"bytes,2,opt,name=function,proto3" json:"function,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolChoice) Reset() {
+	*x = ToolChoice{}
+	mi := &file_inference_v1_inference_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolChoice) ProtoMessage() {}
+
+func (x *ToolChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_v1_inference_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
+func (*ToolChoice) Descriptor() ([]byte, []int) {
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ToolChoice) GetMode() ToolChoice_Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return ToolChoice_MODE_UNSPECIFIED
+}
+
+func (x *ToolChoice) GetFunction() string {
+	if x != nil {
+		return x.Function
+	}
+	return ""
+}
+
+// ResponseFormat constrains the reply (OpenAI's response_format); guaranteed by constrained
+// decoding: the model can only emit tokens that keep the output valid.
+type ResponseFormat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  ResponseFormat_Type    `protobuf:"varint,1,opt,name=type,proto3,enum=inference.v1.ResponseFormat_Type" json:"type,omitempty"`
+	// TYPE_JSON_SCHEMA: the schema as JSON text.
+	JsonSchema string `protobuf:"bytes,2,opt,name=json_schema,json=jsonSchema,proto3" json:"json_schema,omitempty"`
+	// TYPE_JSON_SCHEMA: the schema's name (as OpenAI's json_schema.name; informative).
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// OpenAI's json_schema.strict. The schema is always enforced here; strict also forbids
+	// properties the schema does not name.
+	Strict        bool `protobuf:"varint,4,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseFormat) Reset() {
+	*x = ResponseFormat{}
+	mi := &file_inference_v1_inference_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseFormat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseFormat) ProtoMessage() {}
+
+func (x *ResponseFormat) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_v1_inference_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseFormat.ProtoReflect.Descriptor instead.
+func (*ResponseFormat) Descriptor() ([]byte, []int) {
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ResponseFormat) GetType() ResponseFormat_Type {
+	if x != nil {
+		return x.Type
+	}
+	return ResponseFormat_TYPE_UNSPECIFIED
+}
+
+func (x *ResponseFormat) GetJsonSchema() string {
+	if x != nil {
+		return x.JsonSchema
+	}
+	return ""
+}
+
+func (x *ResponseFormat) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResponseFormat) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
+// ToolCallDelta is a piece of a tool call being streamed: the first piece of a call carries its
+// id and name, the next ones fragments of its arguments (concatenated, they are the arguments).
+type ToolCallDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which call of this reply (0, 1, ...).
+	Index         int32  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Arguments     string `protobuf:"bytes,4,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCallDelta) Reset() {
+	*x = ToolCallDelta{}
+	mi := &file_inference_v1_inference_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDelta) ProtoMessage() {}
+
+func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_inference_v1_inference_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
+func (*ToolCallDelta) Descriptor() ([]byte, []int) {
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ToolCallDelta) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ToolCallDelta) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
 // GenerationOptions control sampling. Unset fields take the model's defaults.
 type GenerationOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -343,7 +803,7 @@ type GenerationOptions struct {
 
 func (x *GenerationOptions) Reset() {
 	*x = GenerationOptions{}
-	mi := &file_inference_v1_inference_proto_msgTypes[1]
+	mi := &file_inference_v1_inference_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +815,7 @@ func (x *GenerationOptions) String() string {
 func (*GenerationOptions) ProtoMessage() {}
 
 func (x *GenerationOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[1]
+	mi := &file_inference_v1_inference_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +828,7 @@ func (x *GenerationOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationOptions.ProtoReflect.Descriptor instead.
 func (*GenerationOptions) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{1}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GenerationOptions) GetMaxTokens() int32 {
@@ -446,7 +906,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_inference_v1_inference_proto_msgTypes[2]
+	mi := &file_inference_v1_inference_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +918,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[2]
+	mi := &file_inference_v1_inference_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +931,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{2}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -510,7 +970,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_inference_v1_inference_proto_msgTypes[3]
+	mi := &file_inference_v1_inference_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +982,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[3]
+	mi := &file_inference_v1_inference_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +995,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{3}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Timings) GetLoadDuration() *durationpb.Duration {
@@ -568,14 +1028,18 @@ type ChatStreamRequest struct {
 	Options  *GenerationOptions `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
 	// How long the model stays loaded after this request: 0 unloads it at once, a negative value
 	// keeps it loaded, unset takes the server's default.
-	KeepAlive     *durationpb.Duration `protobuf:"bytes,4,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KeepAlive *durationpb.Duration `protobuf:"bytes,4,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
+	// Functions the model may call.
+	Tools          []*Tool         `protobuf:"bytes,5,rep,name=tools,proto3" json:"tools,omitempty"`
+	ToolChoice     *ToolChoice     `protobuf:"bytes,6,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	ResponseFormat *ResponseFormat `protobuf:"bytes,7,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ChatStreamRequest) Reset() {
 	*x = ChatStreamRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[4]
+	mi := &file_inference_v1_inference_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +1051,7 @@ func (x *ChatStreamRequest) String() string {
 func (*ChatStreamRequest) ProtoMessage() {}
 
 func (x *ChatStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[4]
+	mi := &file_inference_v1_inference_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +1064,7 @@ func (x *ChatStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatStreamRequest.ProtoReflect.Descriptor instead.
 func (*ChatStreamRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{4}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ChatStreamRequest) GetModel() string {
@@ -631,24 +1095,47 @@ func (x *ChatStreamRequest) GetKeepAlive() *durationpb.Duration {
 	return nil
 }
 
+func (x *ChatStreamRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *ChatStreamRequest) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *ChatStreamRequest) GetResponseFormat() *ResponseFormat {
+	if x != nil {
+		return x.ResponseFormat
+	}
+	return nil
+}
+
 // ChatStreamResponse is one chunk of the reply. The last chunk has done set and carries
 // finish_reason, usage and timings.
 type ChatStreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// The text generated since the previous chunk (may be empty on the last chunk).
-	Delta         string       `protobuf:"bytes,2,opt,name=delta,proto3" json:"delta,omitempty"`
-	Done          bool         `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
-	FinishReason  FinishReason `protobuf:"varint,4,opt,name=finish_reason,json=finishReason,proto3,enum=inference.v1.FinishReason" json:"finish_reason,omitempty"`
-	Usage         *Usage       `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
-	Timings       *Timings     `protobuf:"bytes,6,opt,name=timings,proto3" json:"timings,omitempty"`
+	Delta        string       `protobuf:"bytes,2,opt,name=delta,proto3" json:"delta,omitempty"`
+	Done         bool         `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	FinishReason FinishReason `protobuf:"varint,4,opt,name=finish_reason,json=finishReason,proto3,enum=inference.v1.FinishReason" json:"finish_reason,omitempty"`
+	Usage        *Usage       `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
+	Timings      *Timings     `protobuf:"bytes,6,opt,name=timings,proto3" json:"timings,omitempty"`
+	// Tool calls being made (finish_reason TOOL_CALLS on the last chunk).
+	ToolCalls     []*ToolCallDelta `protobuf:"bytes,7,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChatStreamResponse) Reset() {
 	*x = ChatStreamResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[5]
+	mi := &file_inference_v1_inference_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +1147,7 @@ func (x *ChatStreamResponse) String() string {
 func (*ChatStreamResponse) ProtoMessage() {}
 
 func (x *ChatStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[5]
+	mi := &file_inference_v1_inference_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +1160,7 @@ func (x *ChatStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChatStreamResponse.ProtoReflect.Descriptor instead.
 func (*ChatStreamResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{5}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ChatStreamResponse) GetModel() string {
@@ -718,6 +1205,13 @@ func (x *ChatStreamResponse) GetTimings() *Timings {
 	return nil
 }
 
+func (x *ChatStreamResponse) GetToolCalls() []*ToolCallDelta {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
 // GenerateStreamRequest asks for the continuation of a raw prompt (no chat template).
 type GenerateStreamRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -732,7 +1226,7 @@ type GenerateStreamRequest struct {
 
 func (x *GenerateStreamRequest) Reset() {
 	*x = GenerateStreamRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[6]
+	mi := &file_inference_v1_inference_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +1238,7 @@ func (x *GenerateStreamRequest) String() string {
 func (*GenerateStreamRequest) ProtoMessage() {}
 
 func (x *GenerateStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[6]
+	mi := &file_inference_v1_inference_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +1251,7 @@ func (x *GenerateStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateStreamRequest.ProtoReflect.Descriptor instead.
 func (*GenerateStreamRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{6}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GenerateStreamRequest) GetModel() string {
@@ -803,7 +1297,7 @@ type GenerateStreamResponse struct {
 
 func (x *GenerateStreamResponse) Reset() {
 	*x = GenerateStreamResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[7]
+	mi := &file_inference_v1_inference_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +1309,7 @@ func (x *GenerateStreamResponse) String() string {
 func (*GenerateStreamResponse) ProtoMessage() {}
 
 func (x *GenerateStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[7]
+	mi := &file_inference_v1_inference_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +1322,7 @@ func (x *GenerateStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateStreamResponse.ProtoReflect.Descriptor instead.
 func (*GenerateStreamResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GenerateStreamResponse) GetModel() string {
@@ -888,7 +1382,7 @@ type GetEmbeddingRequest struct {
 
 func (x *GetEmbeddingRequest) Reset() {
 	*x = GetEmbeddingRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[8]
+	mi := &file_inference_v1_inference_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -900,7 +1394,7 @@ func (x *GetEmbeddingRequest) String() string {
 func (*GetEmbeddingRequest) ProtoMessage() {}
 
 func (x *GetEmbeddingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[8]
+	mi := &file_inference_v1_inference_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -913,7 +1407,7 @@ func (x *GetEmbeddingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEmbeddingRequest.ProtoReflect.Descriptor instead.
 func (*GetEmbeddingRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetEmbeddingRequest) GetModel() string {
@@ -960,7 +1454,7 @@ type Embedding struct {
 
 func (x *Embedding) Reset() {
 	*x = Embedding{}
-	mi := &file_inference_v1_inference_proto_msgTypes[9]
+	mi := &file_inference_v1_inference_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1466,7 @@ func (x *Embedding) String() string {
 func (*Embedding) ProtoMessage() {}
 
 func (x *Embedding) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[9]
+	mi := &file_inference_v1_inference_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1479,7 @@ func (x *Embedding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
 func (*Embedding) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Embedding) GetIndex() int32 {
@@ -1029,7 +1523,7 @@ type GetEmbeddingResponse struct {
 
 func (x *GetEmbeddingResponse) Reset() {
 	*x = GetEmbeddingResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[10]
+	mi := &file_inference_v1_inference_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1535,7 @@ func (x *GetEmbeddingResponse) String() string {
 func (*GetEmbeddingResponse) ProtoMessage() {}
 
 func (x *GetEmbeddingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[10]
+	mi := &file_inference_v1_inference_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1548,7 @@ func (x *GetEmbeddingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEmbeddingResponse.ProtoReflect.Descriptor instead.
 func (*GetEmbeddingResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetEmbeddingResponse) GetModel() string {
@@ -1104,7 +1598,7 @@ type ImageOptions struct {
 
 func (x *ImageOptions) Reset() {
 	*x = ImageOptions{}
-	mi := &file_inference_v1_inference_proto_msgTypes[11]
+	mi := &file_inference_v1_inference_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1610,7 @@ func (x *ImageOptions) String() string {
 func (*ImageOptions) ProtoMessage() {}
 
 func (x *ImageOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[11]
+	mi := &file_inference_v1_inference_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1623,7 @@ func (x *ImageOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageOptions.ProtoReflect.Descriptor instead.
 func (*ImageOptions) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ImageOptions) GetNegativePrompt() string {
@@ -1199,7 +1693,7 @@ type GenerateImageRequest struct {
 
 func (x *GenerateImageRequest) Reset() {
 	*x = GenerateImageRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[12]
+	mi := &file_inference_v1_inference_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1705,7 @@ func (x *GenerateImageRequest) String() string {
 func (*GenerateImageRequest) ProtoMessage() {}
 
 func (x *GenerateImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[12]
+	mi := &file_inference_v1_inference_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1718,7 @@ func (x *GenerateImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateImageRequest.ProtoReflect.Descriptor instead.
 func (*GenerateImageRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{12}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GenerateImageRequest) GetModel() string {
@@ -1272,7 +1766,7 @@ type GenerateImageResponse struct {
 
 func (x *GenerateImageResponse) Reset() {
 	*x = GenerateImageResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[13]
+	mi := &file_inference_v1_inference_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1778,7 @@ func (x *GenerateImageResponse) String() string {
 func (*GenerateImageResponse) ProtoMessage() {}
 
 func (x *GenerateImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[13]
+	mi := &file_inference_v1_inference_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1791,7 @@ func (x *GenerateImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateImageResponse.ProtoReflect.Descriptor instead.
 func (*GenerateImageResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{13}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GenerateImageResponse) GetJobId() string {
@@ -1328,7 +1822,7 @@ type EditImageRequest struct {
 
 func (x *EditImageRequest) Reset() {
 	*x = EditImageRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[14]
+	mi := &file_inference_v1_inference_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1834,7 @@ func (x *EditImageRequest) String() string {
 func (*EditImageRequest) ProtoMessage() {}
 
 func (x *EditImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[14]
+	mi := &file_inference_v1_inference_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1847,7 @@ func (x *EditImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditImageRequest.ProtoReflect.Descriptor instead.
 func (*EditImageRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{14}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EditImageRequest) GetModel() string {
@@ -1422,7 +1916,7 @@ type EditImageResponse struct {
 
 func (x *EditImageResponse) Reset() {
 	*x = EditImageResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[15]
+	mi := &file_inference_v1_inference_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1928,7 @@ func (x *EditImageResponse) String() string {
 func (*EditImageResponse) ProtoMessage() {}
 
 func (x *EditImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[15]
+	mi := &file_inference_v1_inference_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1941,7 @@ func (x *EditImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditImageResponse.ProtoReflect.Descriptor instead.
 func (*EditImageResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{15}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *EditImageResponse) GetJobId() string {
@@ -1467,7 +1961,7 @@ type CheckImageStatusRequest struct {
 
 func (x *CheckImageStatusRequest) Reset() {
 	*x = CheckImageStatusRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[16]
+	mi := &file_inference_v1_inference_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1973,7 @@ func (x *CheckImageStatusRequest) String() string {
 func (*CheckImageStatusRequest) ProtoMessage() {}
 
 func (x *CheckImageStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[16]
+	mi := &file_inference_v1_inference_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1986,7 @@ func (x *CheckImageStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckImageStatusRequest.ProtoReflect.Descriptor instead.
 func (*CheckImageStatusRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{16}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckImageStatusRequest) GetJobId() string {
@@ -1515,7 +2009,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_inference_v1_inference_proto_msgTypes[17]
+	mi := &file_inference_v1_inference_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +2021,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[17]
+	mi := &file_inference_v1_inference_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +2034,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{17}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Image) GetPng() []byte {
@@ -1584,7 +2078,7 @@ type CheckImageStatusResponse struct {
 
 func (x *CheckImageStatusResponse) Reset() {
 	*x = CheckImageStatusResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[18]
+	mi := &file_inference_v1_inference_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +2090,7 @@ func (x *CheckImageStatusResponse) String() string {
 func (*CheckImageStatusResponse) ProtoMessage() {}
 
 func (x *CheckImageStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[18]
+	mi := &file_inference_v1_inference_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +2103,7 @@ func (x *CheckImageStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckImageStatusResponse.ProtoReflect.Descriptor instead.
 func (*CheckImageStatusResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{18}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CheckImageStatusResponse) GetJobId() string {
@@ -1682,7 +2176,7 @@ type DeviceMemory struct {
 
 func (x *DeviceMemory) Reset() {
 	*x = DeviceMemory{}
-	mi := &file_inference_v1_inference_proto_msgTypes[19]
+	mi := &file_inference_v1_inference_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +2188,7 @@ func (x *DeviceMemory) String() string {
 func (*DeviceMemory) ProtoMessage() {}
 
 func (x *DeviceMemory) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[19]
+	mi := &file_inference_v1_inference_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +2201,7 @@ func (x *DeviceMemory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceMemory.ProtoReflect.Descriptor instead.
 func (*DeviceMemory) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{19}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeviceMemory) GetDevice() string {
@@ -1759,7 +2253,7 @@ type ModelMemory struct {
 
 func (x *ModelMemory) Reset() {
 	*x = ModelMemory{}
-	mi := &file_inference_v1_inference_proto_msgTypes[20]
+	mi := &file_inference_v1_inference_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +2265,7 @@ func (x *ModelMemory) String() string {
 func (*ModelMemory) ProtoMessage() {}
 
 func (x *ModelMemory) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[20]
+	mi := &file_inference_v1_inference_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +2278,7 @@ func (x *ModelMemory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelMemory.ProtoReflect.Descriptor instead.
 func (*ModelMemory) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{20}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ModelMemory) GetModel() string {
@@ -1863,7 +2357,7 @@ type MemorySnapshot struct {
 
 func (x *MemorySnapshot) Reset() {
 	*x = MemorySnapshot{}
-	mi := &file_inference_v1_inference_proto_msgTypes[21]
+	mi := &file_inference_v1_inference_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1875,7 +2369,7 @@ func (x *MemorySnapshot) String() string {
 func (*MemorySnapshot) ProtoMessage() {}
 
 func (x *MemorySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[21]
+	mi := &file_inference_v1_inference_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1888,7 +2382,7 @@ func (x *MemorySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemorySnapshot.ProtoReflect.Descriptor instead.
 func (*MemorySnapshot) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{21}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MemorySnapshot) GetDevices() []*DeviceMemory {
@@ -1940,7 +2434,7 @@ type ManageVRAMRequest struct {
 
 func (x *ManageVRAMRequest) Reset() {
 	*x = ManageVRAMRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[22]
+	mi := &file_inference_v1_inference_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2446,7 @@ func (x *ManageVRAMRequest) String() string {
 func (*ManageVRAMRequest) ProtoMessage() {}
 
 func (x *ManageVRAMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[22]
+	mi := &file_inference_v1_inference_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2459,7 @@ func (x *ManageVRAMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManageVRAMRequest.ProtoReflect.Descriptor instead.
 func (*ManageVRAMRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{22}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ManageVRAMRequest) GetCommandId() string {
@@ -2101,7 +2595,7 @@ type LoadModelCommand struct {
 
 func (x *LoadModelCommand) Reset() {
 	*x = LoadModelCommand{}
-	mi := &file_inference_v1_inference_proto_msgTypes[23]
+	mi := &file_inference_v1_inference_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2607,7 @@ func (x *LoadModelCommand) String() string {
 func (*LoadModelCommand) ProtoMessage() {}
 
 func (x *LoadModelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[23]
+	mi := &file_inference_v1_inference_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2620,7 @@ func (x *LoadModelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadModelCommand.ProtoReflect.Descriptor instead.
 func (*LoadModelCommand) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{23}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LoadModelCommand) GetModel() string {
@@ -2146,7 +2640,7 @@ type UnloadModelCommand struct {
 
 func (x *UnloadModelCommand) Reset() {
 	*x = UnloadModelCommand{}
-	mi := &file_inference_v1_inference_proto_msgTypes[24]
+	mi := &file_inference_v1_inference_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2652,7 @@ func (x *UnloadModelCommand) String() string {
 func (*UnloadModelCommand) ProtoMessage() {}
 
 func (x *UnloadModelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[24]
+	mi := &file_inference_v1_inference_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2665,7 @@ func (x *UnloadModelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadModelCommand.ProtoReflect.Descriptor instead.
 func (*UnloadModelCommand) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{24}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UnloadModelCommand) GetModel() string {
@@ -2191,7 +2685,7 @@ type PinModelCommand struct {
 
 func (x *PinModelCommand) Reset() {
 	*x = PinModelCommand{}
-	mi := &file_inference_v1_inference_proto_msgTypes[25]
+	mi := &file_inference_v1_inference_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2697,7 @@ func (x *PinModelCommand) String() string {
 func (*PinModelCommand) ProtoMessage() {}
 
 func (x *PinModelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[25]
+	mi := &file_inference_v1_inference_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2710,7 @@ func (x *PinModelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinModelCommand.ProtoReflect.Descriptor instead.
 func (*PinModelCommand) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{25}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PinModelCommand) GetModel() string {
@@ -2236,7 +2730,7 @@ type UnpinModelCommand struct {
 
 func (x *UnpinModelCommand) Reset() {
 	*x = UnpinModelCommand{}
-	mi := &file_inference_v1_inference_proto_msgTypes[26]
+	mi := &file_inference_v1_inference_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2248,7 +2742,7 @@ func (x *UnpinModelCommand) String() string {
 func (*UnpinModelCommand) ProtoMessage() {}
 
 func (x *UnpinModelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[26]
+	mi := &file_inference_v1_inference_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2261,7 +2755,7 @@ func (x *UnpinModelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpinModelCommand.ProtoReflect.Descriptor instead.
 func (*UnpinModelCommand) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{26}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UnpinModelCommand) GetModel() string {
@@ -2282,7 +2776,7 @@ type SetKeepAliveCommand struct {
 
 func (x *SetKeepAliveCommand) Reset() {
 	*x = SetKeepAliveCommand{}
-	mi := &file_inference_v1_inference_proto_msgTypes[27]
+	mi := &file_inference_v1_inference_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2788,7 @@ func (x *SetKeepAliveCommand) String() string {
 func (*SetKeepAliveCommand) ProtoMessage() {}
 
 func (x *SetKeepAliveCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[27]
+	mi := &file_inference_v1_inference_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2801,7 @@ func (x *SetKeepAliveCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetKeepAliveCommand.ProtoReflect.Descriptor instead.
 func (*SetKeepAliveCommand) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{27}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetKeepAliveCommand) GetModel() string {
@@ -2333,7 +2827,7 @@ type GetStatusCommand struct {
 
 func (x *GetStatusCommand) Reset() {
 	*x = GetStatusCommand{}
-	mi := &file_inference_v1_inference_proto_msgTypes[28]
+	mi := &file_inference_v1_inference_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2839,7 @@ func (x *GetStatusCommand) String() string {
 func (*GetStatusCommand) ProtoMessage() {}
 
 func (x *GetStatusCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[28]
+	mi := &file_inference_v1_inference_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2852,7 @@ func (x *GetStatusCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusCommand.ProtoReflect.Descriptor instead.
 func (*GetStatusCommand) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{28}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{33}
 }
 
 // SubscribeCommand sets how often the server pushes memory snapshots (zero stops them).
@@ -2371,7 +2865,7 @@ type SubscribeCommand struct {
 
 func (x *SubscribeCommand) Reset() {
 	*x = SubscribeCommand{}
-	mi := &file_inference_v1_inference_proto_msgTypes[29]
+	mi := &file_inference_v1_inference_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2383,7 +2877,7 @@ func (x *SubscribeCommand) String() string {
 func (*SubscribeCommand) ProtoMessage() {}
 
 func (x *SubscribeCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[29]
+	mi := &file_inference_v1_inference_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2890,7 @@ func (x *SubscribeCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeCommand.ProtoReflect.Descriptor instead.
 func (*SubscribeCommand) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{29}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SubscribeCommand) GetSnapshotInterval() *durationpb.Duration {
@@ -2422,7 +2916,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_inference_v1_inference_proto_msgTypes[30]
+	mi := &file_inference_v1_inference_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2928,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[30]
+	mi := &file_inference_v1_inference_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2941,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{30}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CommandResult) GetCommandId() string {
@@ -2500,7 +2994,7 @@ type ModelEvent struct {
 
 func (x *ModelEvent) Reset() {
 	*x = ModelEvent{}
-	mi := &file_inference_v1_inference_proto_msgTypes[31]
+	mi := &file_inference_v1_inference_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +3006,7 @@ func (x *ModelEvent) String() string {
 func (*ModelEvent) ProtoMessage() {}
 
 func (x *ModelEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[31]
+	mi := &file_inference_v1_inference_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +3019,7 @@ func (x *ModelEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelEvent.ProtoReflect.Descriptor instead.
 func (*ModelEvent) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{31}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ModelEvent) GetModel() string {
@@ -2578,7 +3072,7 @@ type ManageVRAMResponse struct {
 
 func (x *ManageVRAMResponse) Reset() {
 	*x = ManageVRAMResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[32]
+	mi := &file_inference_v1_inference_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +3084,7 @@ func (x *ManageVRAMResponse) String() string {
 func (*ManageVRAMResponse) ProtoMessage() {}
 
 func (x *ManageVRAMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[32]
+	mi := &file_inference_v1_inference_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +3097,7 @@ func (x *ManageVRAMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManageVRAMResponse.ProtoReflect.Descriptor instead.
 func (*ManageVRAMResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{32}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ManageVRAMResponse) GetPayload() isManageVRAMResponse_Payload {
@@ -2675,7 +3169,7 @@ type ClearMemoryRequest struct {
 
 func (x *ClearMemoryRequest) Reset() {
 	*x = ClearMemoryRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[33]
+	mi := &file_inference_v1_inference_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2687,7 +3181,7 @@ func (x *ClearMemoryRequest) String() string {
 func (*ClearMemoryRequest) ProtoMessage() {}
 
 func (x *ClearMemoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[33]
+	mi := &file_inference_v1_inference_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2700,7 +3194,7 @@ func (x *ClearMemoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearMemoryRequest.ProtoReflect.Descriptor instead.
 func (*ClearMemoryRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{33}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ClearMemoryRequest) GetIncludePinned() bool {
@@ -2730,7 +3224,7 @@ type ClearMemoryResponse struct {
 
 func (x *ClearMemoryResponse) Reset() {
 	*x = ClearMemoryResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[34]
+	mi := &file_inference_v1_inference_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2742,7 +3236,7 @@ func (x *ClearMemoryResponse) String() string {
 func (*ClearMemoryResponse) ProtoMessage() {}
 
 func (x *ClearMemoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[34]
+	mi := &file_inference_v1_inference_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2755,7 +3249,7 @@ func (x *ClearMemoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearMemoryResponse.ProtoReflect.Descriptor instead.
 func (*ClearMemoryResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{34}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ClearMemoryResponse) GetUnloadedModels() []string {
@@ -2788,7 +3282,7 @@ type GetMemoryStatsRequest struct {
 
 func (x *GetMemoryStatsRequest) Reset() {
 	*x = GetMemoryStatsRequest{}
-	mi := &file_inference_v1_inference_proto_msgTypes[35]
+	mi := &file_inference_v1_inference_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2800,7 +3294,7 @@ func (x *GetMemoryStatsRequest) String() string {
 func (*GetMemoryStatsRequest) ProtoMessage() {}
 
 func (x *GetMemoryStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[35]
+	mi := &file_inference_v1_inference_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2813,7 +3307,7 @@ func (x *GetMemoryStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMemoryStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetMemoryStatsRequest) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{35}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{40}
 }
 
 // GetMemoryStatsResponse is the memory picture now.
@@ -2826,7 +3320,7 @@ type GetMemoryStatsResponse struct {
 
 func (x *GetMemoryStatsResponse) Reset() {
 	*x = GetMemoryStatsResponse{}
-	mi := &file_inference_v1_inference_proto_msgTypes[36]
+	mi := &file_inference_v1_inference_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2838,7 +3332,7 @@ func (x *GetMemoryStatsResponse) String() string {
 func (*GetMemoryStatsResponse) ProtoMessage() {}
 
 func (x *GetMemoryStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inference_v1_inference_proto_msgTypes[36]
+	mi := &file_inference_v1_inference_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2851,7 +3345,7 @@ func (x *GetMemoryStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMemoryStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetMemoryStatsResponse) Descriptor() ([]byte, []int) {
-	return file_inference_v1_inference_proto_rawDescGZIP(), []int{36}
+	return file_inference_v1_inference_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetMemoryStatsResponse) GetSnapshot() *MemorySnapshot {
@@ -2865,10 +3359,48 @@ var File_inference_v1_inference_proto protoreflect.FileDescriptor
 
 const file_inference_v1_inference_proto_rawDesc = "" +
 	"\n" +
-	"\x1cinference/v1/inference.proto\x12\finference.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
+	"\x1cinference/v1/inference.proto\x12\finference.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x01\n" +
 	"\vChatMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\tR\acontent\"\xd3\x03\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\x125\n" +
+	"\n" +
+	"tool_calls\x18\x03 \x03(\v2\x16.inference.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x04 \x01(\tR\n" +
+	"toolCallId\"L\n" +
+	"\bToolCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x03 \x01(\tR\targuments\"e\n" +
+	"\x04Tool\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12'\n" +
+	"\x0fparameters_json\x18\x03 \x01(\tR\x0eparametersJson\"\xbd\x01\n" +
+	"\n" +
+	"ToolChoice\x121\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x1d.inference.v1.ToolChoice.ModeR\x04mode\x12\x1a\n" +
+	"\bfunction\x18\x02 \x01(\tR\bfunction\"`\n" +
+	"\x04Mode\x12\x14\n" +
+	"\x10MODE_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tMODE_AUTO\x10\x01\x12\r\n" +
+	"\tMODE_NONE\x10\x02\x12\x11\n" +
+	"\rMODE_REQUIRED\x10\x03\x12\x11\n" +
+	"\rMODE_FUNCTION\x10\x04\"\xed\x01\n" +
+	"\x0eResponseFormat\x125\n" +
+	"\x04type\x18\x01 \x01(\x0e2!.inference.v1.ResponseFormat.TypeR\x04type\x12\x1f\n" +
+	"\vjson_schema\x18\x02 \x01(\tR\n" +
+	"jsonSchema\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x16\n" +
+	"\x06strict\x18\x04 \x01(\bR\x06strict\"W\n" +
+	"\x04Type\x12\x14\n" +
+	"\x10TYPE_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tTYPE_TEXT\x10\x01\x12\x14\n" +
+	"\x10TYPE_JSON_OBJECT\x10\x02\x12\x14\n" +
+	"\x10TYPE_JSON_SCHEMA\x10\x03\"g\n" +
+	"\rToolCallDelta\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x04 \x01(\tR\targuments\"\xd3\x03\n" +
 	"\x11GenerationOptions\x12\"\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x05H\x00R\tmaxTokens\x88\x01\x01\x12%\n" +
@@ -2895,20 +3427,26 @@ const file_inference_v1_inference_proto_rawDesc = "" +
 	"\aTimings\x12>\n" +
 	"\rload_duration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\floadDuration\x12H\n" +
 	"\x13time_to_first_token\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10timeToFirstToken\x12@\n" +
-	"\x0etotal_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\xd5\x01\n" +
+	"\x0etotal_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\x81\x03\n" +
 	"\x11ChatStreamRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x125\n" +
 	"\bmessages\x18\x02 \x03(\v2\x19.inference.v1.ChatMessageR\bmessages\x129\n" +
 	"\aoptions\x18\x03 \x01(\v2\x1f.inference.v1.GenerationOptionsR\aoptions\x128\n" +
 	"\n" +
-	"keep_alive\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\"\xf1\x01\n" +
+	"keep_alive\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x12(\n" +
+	"\x05tools\x18\x05 \x03(\v2\x12.inference.v1.ToolR\x05tools\x129\n" +
+	"\vtool_choice\x18\x06 \x01(\v2\x18.inference.v1.ToolChoiceR\n" +
+	"toolChoice\x12E\n" +
+	"\x0fresponse_format\x18\a \x01(\v2\x1c.inference.v1.ResponseFormatR\x0eresponseFormat\"\xad\x02\n" +
 	"\x12ChatStreamResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x05delta\x18\x02 \x01(\tR\x05delta\x12\x12\n" +
 	"\x04done\x18\x03 \x01(\bR\x04done\x12?\n" +
 	"\rfinish_reason\x18\x04 \x01(\x0e2\x1a.inference.v1.FinishReasonR\ffinishReason\x12)\n" +
 	"\x05usage\x18\x05 \x01(\v2\x13.inference.v1.UsageR\x05usage\x12/\n" +
-	"\atimings\x18\x06 \x01(\v2\x15.inference.v1.TimingsR\atimings\"\xba\x01\n" +
+	"\atimings\x18\x06 \x01(\v2\x15.inference.v1.TimingsR\atimings\x12:\n" +
+	"\n" +
+	"tool_calls\x18\a \x03(\v2\x1b.inference.v1.ToolCallDeltaR\ttoolCalls\"\xba\x01\n" +
 	"\x15GenerateStreamRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x129\n" +
@@ -3074,12 +3612,13 @@ const file_inference_v1_inference_proto_rawDesc = "" +
 	"freedBytes\"\x17\n" +
 	"\x15GetMemoryStatsRequest\"R\n" +
 	"\x16GetMemoryStatsResponse\x128\n" +
-	"\bsnapshot\x18\x01 \x01(\v2\x1c.inference.v1.MemorySnapshotR\bsnapshot*|\n" +
+	"\bsnapshot\x18\x01 \x01(\v2\x1c.inference.v1.MemorySnapshotR\bsnapshot*\x9a\x01\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FINISH_REASON_STOP\x10\x01\x12\x18\n" +
 	"\x14FINISH_REASON_LENGTH\x10\x02\x12\x1b\n" +
-	"\x17FINISH_REASON_CANCELLED\x10\x03*\x81\x01\n" +
+	"\x17FINISH_REASON_CANCELLED\x10\x03\x12\x1c\n" +
+	"\x18FINISH_REASON_TOOL_CALLS\x10\x04*\x81\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n" +
@@ -3111,7 +3650,7 @@ const file_inference_v1_inference_proto_rawDesc = "" +
 	"\n" +
 	"ManageVRAM\x12\x1f.inference.v1.ManageVRAMRequest\x1a .inference.v1.ManageVRAMResponse(\x010\x01\x12R\n" +
 	"\vClearMemory\x12 .inference.v1.ClearMemoryRequest\x1a!.inference.v1.ClearMemoryResponse\x12[\n" +
-	"\x0eGetMemoryStats\x12#.inference.v1.GetMemoryStatsRequest\x1a$.inference.v1.GetMemoryStatsResponseB@Z>github.com/inference-platform/maistro/grpc/inference;inferenceb\x06proto3"
+	"\x0eGetMemoryStats\x12#.inference.v1.GetMemoryStatsRequest\x1a$.inference.v1.GetMemoryStatsResponseBHZFgithub.com/inference-platform/maistro/internal/gen/inference;inferenceb\x06proto3"
 
 var (
 	file_inference_v1_inference_proto_rawDescOnce sync.Once
@@ -3125,125 +3664,139 @@ func file_inference_v1_inference_proto_rawDescGZIP() []byte {
 	return file_inference_v1_inference_proto_rawDescData
 }
 
-var file_inference_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_inference_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_inference_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_inference_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_inference_v1_inference_proto_goTypes = []any{
 	(FinishReason)(0),                // 0: inference.v1.FinishReason
 	(JobState)(0),                    // 1: inference.v1.JobState
 	(ModelState)(0),                  // 2: inference.v1.ModelState
 	(ModelEventKind)(0),              // 3: inference.v1.ModelEventKind
-	(*ChatMessage)(nil),              // 4: inference.v1.ChatMessage
-	(*GenerationOptions)(nil),        // 5: inference.v1.GenerationOptions
-	(*Usage)(nil),                    // 6: inference.v1.Usage
-	(*Timings)(nil),                  // 7: inference.v1.Timings
-	(*ChatStreamRequest)(nil),        // 8: inference.v1.ChatStreamRequest
-	(*ChatStreamResponse)(nil),       // 9: inference.v1.ChatStreamResponse
-	(*GenerateStreamRequest)(nil),    // 10: inference.v1.GenerateStreamRequest
-	(*GenerateStreamResponse)(nil),   // 11: inference.v1.GenerateStreamResponse
-	(*GetEmbeddingRequest)(nil),      // 12: inference.v1.GetEmbeddingRequest
-	(*Embedding)(nil),                // 13: inference.v1.Embedding
-	(*GetEmbeddingResponse)(nil),     // 14: inference.v1.GetEmbeddingResponse
-	(*ImageOptions)(nil),             // 15: inference.v1.ImageOptions
-	(*GenerateImageRequest)(nil),     // 16: inference.v1.GenerateImageRequest
-	(*GenerateImageResponse)(nil),    // 17: inference.v1.GenerateImageResponse
-	(*EditImageRequest)(nil),         // 18: inference.v1.EditImageRequest
-	(*EditImageResponse)(nil),        // 19: inference.v1.EditImageResponse
-	(*CheckImageStatusRequest)(nil),  // 20: inference.v1.CheckImageStatusRequest
-	(*Image)(nil),                    // 21: inference.v1.Image
-	(*CheckImageStatusResponse)(nil), // 22: inference.v1.CheckImageStatusResponse
-	(*DeviceMemory)(nil),             // 23: inference.v1.DeviceMemory
-	(*ModelMemory)(nil),              // 24: inference.v1.ModelMemory
-	(*MemorySnapshot)(nil),           // 25: inference.v1.MemorySnapshot
-	(*ManageVRAMRequest)(nil),        // 26: inference.v1.ManageVRAMRequest
-	(*LoadModelCommand)(nil),         // 27: inference.v1.LoadModelCommand
-	(*UnloadModelCommand)(nil),       // 28: inference.v1.UnloadModelCommand
-	(*PinModelCommand)(nil),          // 29: inference.v1.PinModelCommand
-	(*UnpinModelCommand)(nil),        // 30: inference.v1.UnpinModelCommand
-	(*SetKeepAliveCommand)(nil),      // 31: inference.v1.SetKeepAliveCommand
-	(*GetStatusCommand)(nil),         // 32: inference.v1.GetStatusCommand
-	(*SubscribeCommand)(nil),         // 33: inference.v1.SubscribeCommand
-	(*CommandResult)(nil),            // 34: inference.v1.CommandResult
-	(*ModelEvent)(nil),               // 35: inference.v1.ModelEvent
-	(*ManageVRAMResponse)(nil),       // 36: inference.v1.ManageVRAMResponse
-	(*ClearMemoryRequest)(nil),       // 37: inference.v1.ClearMemoryRequest
-	(*ClearMemoryResponse)(nil),      // 38: inference.v1.ClearMemoryResponse
-	(*GetMemoryStatsRequest)(nil),    // 39: inference.v1.GetMemoryStatsRequest
-	(*GetMemoryStatsResponse)(nil),   // 40: inference.v1.GetMemoryStatsResponse
-	(*durationpb.Duration)(nil),      // 41: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 42: google.protobuf.Timestamp
+	(ToolChoice_Mode)(0),             // 4: inference.v1.ToolChoice.Mode
+	(ResponseFormat_Type)(0),         // 5: inference.v1.ResponseFormat.Type
+	(*ChatMessage)(nil),              // 6: inference.v1.ChatMessage
+	(*ToolCall)(nil),                 // 7: inference.v1.ToolCall
+	(*Tool)(nil),                     // 8: inference.v1.Tool
+	(*ToolChoice)(nil),               // 9: inference.v1.ToolChoice
+	(*ResponseFormat)(nil),           // 10: inference.v1.ResponseFormat
+	(*ToolCallDelta)(nil),            // 11: inference.v1.ToolCallDelta
+	(*GenerationOptions)(nil),        // 12: inference.v1.GenerationOptions
+	(*Usage)(nil),                    // 13: inference.v1.Usage
+	(*Timings)(nil),                  // 14: inference.v1.Timings
+	(*ChatStreamRequest)(nil),        // 15: inference.v1.ChatStreamRequest
+	(*ChatStreamResponse)(nil),       // 16: inference.v1.ChatStreamResponse
+	(*GenerateStreamRequest)(nil),    // 17: inference.v1.GenerateStreamRequest
+	(*GenerateStreamResponse)(nil),   // 18: inference.v1.GenerateStreamResponse
+	(*GetEmbeddingRequest)(nil),      // 19: inference.v1.GetEmbeddingRequest
+	(*Embedding)(nil),                // 20: inference.v1.Embedding
+	(*GetEmbeddingResponse)(nil),     // 21: inference.v1.GetEmbeddingResponse
+	(*ImageOptions)(nil),             // 22: inference.v1.ImageOptions
+	(*GenerateImageRequest)(nil),     // 23: inference.v1.GenerateImageRequest
+	(*GenerateImageResponse)(nil),    // 24: inference.v1.GenerateImageResponse
+	(*EditImageRequest)(nil),         // 25: inference.v1.EditImageRequest
+	(*EditImageResponse)(nil),        // 26: inference.v1.EditImageResponse
+	(*CheckImageStatusRequest)(nil),  // 27: inference.v1.CheckImageStatusRequest
+	(*Image)(nil),                    // 28: inference.v1.Image
+	(*CheckImageStatusResponse)(nil), // 29: inference.v1.CheckImageStatusResponse
+	(*DeviceMemory)(nil),             // 30: inference.v1.DeviceMemory
+	(*ModelMemory)(nil),              // 31: inference.v1.ModelMemory
+	(*MemorySnapshot)(nil),           // 32: inference.v1.MemorySnapshot
+	(*ManageVRAMRequest)(nil),        // 33: inference.v1.ManageVRAMRequest
+	(*LoadModelCommand)(nil),         // 34: inference.v1.LoadModelCommand
+	(*UnloadModelCommand)(nil),       // 35: inference.v1.UnloadModelCommand
+	(*PinModelCommand)(nil),          // 36: inference.v1.PinModelCommand
+	(*UnpinModelCommand)(nil),        // 37: inference.v1.UnpinModelCommand
+	(*SetKeepAliveCommand)(nil),      // 38: inference.v1.SetKeepAliveCommand
+	(*GetStatusCommand)(nil),         // 39: inference.v1.GetStatusCommand
+	(*SubscribeCommand)(nil),         // 40: inference.v1.SubscribeCommand
+	(*CommandResult)(nil),            // 41: inference.v1.CommandResult
+	(*ModelEvent)(nil),               // 42: inference.v1.ModelEvent
+	(*ManageVRAMResponse)(nil),       // 43: inference.v1.ManageVRAMResponse
+	(*ClearMemoryRequest)(nil),       // 44: inference.v1.ClearMemoryRequest
+	(*ClearMemoryResponse)(nil),      // 45: inference.v1.ClearMemoryResponse
+	(*GetMemoryStatsRequest)(nil),    // 46: inference.v1.GetMemoryStatsRequest
+	(*GetMemoryStatsResponse)(nil),   // 47: inference.v1.GetMemoryStatsResponse
+	(*durationpb.Duration)(nil),      // 48: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 49: google.protobuf.Timestamp
 }
 var file_inference_v1_inference_proto_depIdxs = []int32{
-	41, // 0: inference.v1.Timings.load_duration:type_name -> google.protobuf.Duration
-	41, // 1: inference.v1.Timings.time_to_first_token:type_name -> google.protobuf.Duration
-	41, // 2: inference.v1.Timings.total_duration:type_name -> google.protobuf.Duration
-	4,  // 3: inference.v1.ChatStreamRequest.messages:type_name -> inference.v1.ChatMessage
-	5,  // 4: inference.v1.ChatStreamRequest.options:type_name -> inference.v1.GenerationOptions
-	41, // 5: inference.v1.ChatStreamRequest.keep_alive:type_name -> google.protobuf.Duration
-	0,  // 6: inference.v1.ChatStreamResponse.finish_reason:type_name -> inference.v1.FinishReason
-	6,  // 7: inference.v1.ChatStreamResponse.usage:type_name -> inference.v1.Usage
-	7,  // 8: inference.v1.ChatStreamResponse.timings:type_name -> inference.v1.Timings
-	5,  // 9: inference.v1.GenerateStreamRequest.options:type_name -> inference.v1.GenerationOptions
-	41, // 10: inference.v1.GenerateStreamRequest.keep_alive:type_name -> google.protobuf.Duration
-	0,  // 11: inference.v1.GenerateStreamResponse.finish_reason:type_name -> inference.v1.FinishReason
-	6,  // 12: inference.v1.GenerateStreamResponse.usage:type_name -> inference.v1.Usage
-	7,  // 13: inference.v1.GenerateStreamResponse.timings:type_name -> inference.v1.Timings
-	41, // 14: inference.v1.GetEmbeddingRequest.keep_alive:type_name -> google.protobuf.Duration
-	13, // 15: inference.v1.GetEmbeddingResponse.embeddings:type_name -> inference.v1.Embedding
-	6,  // 16: inference.v1.GetEmbeddingResponse.usage:type_name -> inference.v1.Usage
-	15, // 17: inference.v1.GenerateImageRequest.options:type_name -> inference.v1.ImageOptions
-	41, // 18: inference.v1.GenerateImageRequest.keep_alive:type_name -> google.protobuf.Duration
-	15, // 19: inference.v1.EditImageRequest.options:type_name -> inference.v1.ImageOptions
-	41, // 20: inference.v1.EditImageRequest.keep_alive:type_name -> google.protobuf.Duration
-	1,  // 21: inference.v1.CheckImageStatusResponse.state:type_name -> inference.v1.JobState
-	21, // 22: inference.v1.CheckImageStatusResponse.images:type_name -> inference.v1.Image
-	42, // 23: inference.v1.CheckImageStatusResponse.created_at:type_name -> google.protobuf.Timestamp
-	42, // 24: inference.v1.CheckImageStatusResponse.finished_at:type_name -> google.protobuf.Timestamp
-	2,  // 25: inference.v1.ModelMemory.state:type_name -> inference.v1.ModelState
-	42, // 26: inference.v1.ModelMemory.last_used:type_name -> google.protobuf.Timestamp
-	42, // 27: inference.v1.ModelMemory.expires_at:type_name -> google.protobuf.Timestamp
-	23, // 28: inference.v1.MemorySnapshot.devices:type_name -> inference.v1.DeviceMemory
-	24, // 29: inference.v1.MemorySnapshot.models:type_name -> inference.v1.ModelMemory
-	42, // 30: inference.v1.MemorySnapshot.taken_at:type_name -> google.protobuf.Timestamp
-	27, // 31: inference.v1.ManageVRAMRequest.load:type_name -> inference.v1.LoadModelCommand
-	28, // 32: inference.v1.ManageVRAMRequest.unload:type_name -> inference.v1.UnloadModelCommand
-	29, // 33: inference.v1.ManageVRAMRequest.pin:type_name -> inference.v1.PinModelCommand
-	30, // 34: inference.v1.ManageVRAMRequest.unpin:type_name -> inference.v1.UnpinModelCommand
-	31, // 35: inference.v1.ManageVRAMRequest.set_keep_alive:type_name -> inference.v1.SetKeepAliveCommand
-	32, // 36: inference.v1.ManageVRAMRequest.get_status:type_name -> inference.v1.GetStatusCommand
-	33, // 37: inference.v1.ManageVRAMRequest.subscribe:type_name -> inference.v1.SubscribeCommand
-	41, // 38: inference.v1.SetKeepAliveCommand.keep_alive:type_name -> google.protobuf.Duration
-	41, // 39: inference.v1.SubscribeCommand.snapshot_interval:type_name -> google.protobuf.Duration
-	25, // 40: inference.v1.CommandResult.snapshot:type_name -> inference.v1.MemorySnapshot
-	3,  // 41: inference.v1.ModelEvent.kind:type_name -> inference.v1.ModelEventKind
-	42, // 42: inference.v1.ModelEvent.at:type_name -> google.protobuf.Timestamp
-	34, // 43: inference.v1.ManageVRAMResponse.result:type_name -> inference.v1.CommandResult
-	35, // 44: inference.v1.ManageVRAMResponse.event:type_name -> inference.v1.ModelEvent
-	25, // 45: inference.v1.ManageVRAMResponse.snapshot:type_name -> inference.v1.MemorySnapshot
-	41, // 46: inference.v1.ClearMemoryRequest.wait_for_idle:type_name -> google.protobuf.Duration
-	25, // 47: inference.v1.GetMemoryStatsResponse.snapshot:type_name -> inference.v1.MemorySnapshot
-	8,  // 48: inference.v1.InferenceService.ChatStream:input_type -> inference.v1.ChatStreamRequest
-	10, // 49: inference.v1.InferenceService.GenerateStream:input_type -> inference.v1.GenerateStreamRequest
-	12, // 50: inference.v1.InferenceService.GetEmbedding:input_type -> inference.v1.GetEmbeddingRequest
-	16, // 51: inference.v1.InferenceService.GenerateImage:input_type -> inference.v1.GenerateImageRequest
-	18, // 52: inference.v1.InferenceService.EditImage:input_type -> inference.v1.EditImageRequest
-	20, // 53: inference.v1.InferenceService.CheckImageStatus:input_type -> inference.v1.CheckImageStatusRequest
-	26, // 54: inference.v1.InferenceService.ManageVRAM:input_type -> inference.v1.ManageVRAMRequest
-	37, // 55: inference.v1.InferenceService.ClearMemory:input_type -> inference.v1.ClearMemoryRequest
-	39, // 56: inference.v1.InferenceService.GetMemoryStats:input_type -> inference.v1.GetMemoryStatsRequest
-	9,  // 57: inference.v1.InferenceService.ChatStream:output_type -> inference.v1.ChatStreamResponse
-	11, // 58: inference.v1.InferenceService.GenerateStream:output_type -> inference.v1.GenerateStreamResponse
-	14, // 59: inference.v1.InferenceService.GetEmbedding:output_type -> inference.v1.GetEmbeddingResponse
-	17, // 60: inference.v1.InferenceService.GenerateImage:output_type -> inference.v1.GenerateImageResponse
-	19, // 61: inference.v1.InferenceService.EditImage:output_type -> inference.v1.EditImageResponse
-	22, // 62: inference.v1.InferenceService.CheckImageStatus:output_type -> inference.v1.CheckImageStatusResponse
-	36, // 63: inference.v1.InferenceService.ManageVRAM:output_type -> inference.v1.ManageVRAMResponse
-	38, // 64: inference.v1.InferenceService.ClearMemory:output_type -> inference.v1.ClearMemoryResponse
-	40, // 65: inference.v1.InferenceService.GetMemoryStats:output_type -> inference.v1.GetMemoryStatsResponse
-	57, // [57:66] is the sub-list for method output_type
-	48, // [48:57] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	7,  // 0: inference.v1.ChatMessage.tool_calls:type_name -> inference.v1.ToolCall
+	4,  // 1: inference.v1.ToolChoice.mode:type_name -> inference.v1.ToolChoice.Mode
+	5,  // 2: inference.v1.ResponseFormat.type:type_name -> inference.v1.ResponseFormat.Type
+	48, // 3: inference.v1.Timings.load_duration:type_name -> google.protobuf.Duration
+	48, // 4: inference.v1.Timings.time_to_first_token:type_name -> google.protobuf.Duration
+	48, // 5: inference.v1.Timings.total_duration:type_name -> google.protobuf.Duration
+	6,  // 6: inference.v1.ChatStreamRequest.messages:type_name -> inference.v1.ChatMessage
+	12, // 7: inference.v1.ChatStreamRequest.options:type_name -> inference.v1.GenerationOptions
+	48, // 8: inference.v1.ChatStreamRequest.keep_alive:type_name -> google.protobuf.Duration
+	8,  // 9: inference.v1.ChatStreamRequest.tools:type_name -> inference.v1.Tool
+	9,  // 10: inference.v1.ChatStreamRequest.tool_choice:type_name -> inference.v1.ToolChoice
+	10, // 11: inference.v1.ChatStreamRequest.response_format:type_name -> inference.v1.ResponseFormat
+	0,  // 12: inference.v1.ChatStreamResponse.finish_reason:type_name -> inference.v1.FinishReason
+	13, // 13: inference.v1.ChatStreamResponse.usage:type_name -> inference.v1.Usage
+	14, // 14: inference.v1.ChatStreamResponse.timings:type_name -> inference.v1.Timings
+	11, // 15: inference.v1.ChatStreamResponse.tool_calls:type_name -> inference.v1.ToolCallDelta
+	12, // 16: inference.v1.GenerateStreamRequest.options:type_name -> inference.v1.GenerationOptions
+	48, // 17: inference.v1.GenerateStreamRequest.keep_alive:type_name -> google.protobuf.Duration
+	0,  // 18: inference.v1.GenerateStreamResponse.finish_reason:type_name -> inference.v1.FinishReason
+	13, // 19: inference.v1.GenerateStreamResponse.usage:type_name -> inference.v1.Usage
+	14, // 20: inference.v1.GenerateStreamResponse.timings:type_name -> inference.v1.Timings
+	48, // 21: inference.v1.GetEmbeddingRequest.keep_alive:type_name -> google.protobuf.Duration
+	20, // 22: inference.v1.GetEmbeddingResponse.embeddings:type_name -> inference.v1.Embedding
+	13, // 23: inference.v1.GetEmbeddingResponse.usage:type_name -> inference.v1.Usage
+	22, // 24: inference.v1.GenerateImageRequest.options:type_name -> inference.v1.ImageOptions
+	48, // 25: inference.v1.GenerateImageRequest.keep_alive:type_name -> google.protobuf.Duration
+	22, // 26: inference.v1.EditImageRequest.options:type_name -> inference.v1.ImageOptions
+	48, // 27: inference.v1.EditImageRequest.keep_alive:type_name -> google.protobuf.Duration
+	1,  // 28: inference.v1.CheckImageStatusResponse.state:type_name -> inference.v1.JobState
+	28, // 29: inference.v1.CheckImageStatusResponse.images:type_name -> inference.v1.Image
+	49, // 30: inference.v1.CheckImageStatusResponse.created_at:type_name -> google.protobuf.Timestamp
+	49, // 31: inference.v1.CheckImageStatusResponse.finished_at:type_name -> google.protobuf.Timestamp
+	2,  // 32: inference.v1.ModelMemory.state:type_name -> inference.v1.ModelState
+	49, // 33: inference.v1.ModelMemory.last_used:type_name -> google.protobuf.Timestamp
+	49, // 34: inference.v1.ModelMemory.expires_at:type_name -> google.protobuf.Timestamp
+	30, // 35: inference.v1.MemorySnapshot.devices:type_name -> inference.v1.DeviceMemory
+	31, // 36: inference.v1.MemorySnapshot.models:type_name -> inference.v1.ModelMemory
+	49, // 37: inference.v1.MemorySnapshot.taken_at:type_name -> google.protobuf.Timestamp
+	34, // 38: inference.v1.ManageVRAMRequest.load:type_name -> inference.v1.LoadModelCommand
+	35, // 39: inference.v1.ManageVRAMRequest.unload:type_name -> inference.v1.UnloadModelCommand
+	36, // 40: inference.v1.ManageVRAMRequest.pin:type_name -> inference.v1.PinModelCommand
+	37, // 41: inference.v1.ManageVRAMRequest.unpin:type_name -> inference.v1.UnpinModelCommand
+	38, // 42: inference.v1.ManageVRAMRequest.set_keep_alive:type_name -> inference.v1.SetKeepAliveCommand
+	39, // 43: inference.v1.ManageVRAMRequest.get_status:type_name -> inference.v1.GetStatusCommand
+	40, // 44: inference.v1.ManageVRAMRequest.subscribe:type_name -> inference.v1.SubscribeCommand
+	48, // 45: inference.v1.SetKeepAliveCommand.keep_alive:type_name -> google.protobuf.Duration
+	48, // 46: inference.v1.SubscribeCommand.snapshot_interval:type_name -> google.protobuf.Duration
+	32, // 47: inference.v1.CommandResult.snapshot:type_name -> inference.v1.MemorySnapshot
+	3,  // 48: inference.v1.ModelEvent.kind:type_name -> inference.v1.ModelEventKind
+	49, // 49: inference.v1.ModelEvent.at:type_name -> google.protobuf.Timestamp
+	41, // 50: inference.v1.ManageVRAMResponse.result:type_name -> inference.v1.CommandResult
+	42, // 51: inference.v1.ManageVRAMResponse.event:type_name -> inference.v1.ModelEvent
+	32, // 52: inference.v1.ManageVRAMResponse.snapshot:type_name -> inference.v1.MemorySnapshot
+	48, // 53: inference.v1.ClearMemoryRequest.wait_for_idle:type_name -> google.protobuf.Duration
+	32, // 54: inference.v1.GetMemoryStatsResponse.snapshot:type_name -> inference.v1.MemorySnapshot
+	15, // 55: inference.v1.InferenceService.ChatStream:input_type -> inference.v1.ChatStreamRequest
+	17, // 56: inference.v1.InferenceService.GenerateStream:input_type -> inference.v1.GenerateStreamRequest
+	19, // 57: inference.v1.InferenceService.GetEmbedding:input_type -> inference.v1.GetEmbeddingRequest
+	23, // 58: inference.v1.InferenceService.GenerateImage:input_type -> inference.v1.GenerateImageRequest
+	25, // 59: inference.v1.InferenceService.EditImage:input_type -> inference.v1.EditImageRequest
+	27, // 60: inference.v1.InferenceService.CheckImageStatus:input_type -> inference.v1.CheckImageStatusRequest
+	33, // 61: inference.v1.InferenceService.ManageVRAM:input_type -> inference.v1.ManageVRAMRequest
+	44, // 62: inference.v1.InferenceService.ClearMemory:input_type -> inference.v1.ClearMemoryRequest
+	46, // 63: inference.v1.InferenceService.GetMemoryStats:input_type -> inference.v1.GetMemoryStatsRequest
+	16, // 64: inference.v1.InferenceService.ChatStream:output_type -> inference.v1.ChatStreamResponse
+	18, // 65: inference.v1.InferenceService.GenerateStream:output_type -> inference.v1.GenerateStreamResponse
+	21, // 66: inference.v1.InferenceService.GetEmbedding:output_type -> inference.v1.GetEmbeddingResponse
+	24, // 67: inference.v1.InferenceService.GenerateImage:output_type -> inference.v1.GenerateImageResponse
+	26, // 68: inference.v1.InferenceService.EditImage:output_type -> inference.v1.EditImageResponse
+	29, // 69: inference.v1.InferenceService.CheckImageStatus:output_type -> inference.v1.CheckImageStatusResponse
+	43, // 70: inference.v1.InferenceService.ManageVRAM:output_type -> inference.v1.ManageVRAMResponse
+	45, // 71: inference.v1.InferenceService.ClearMemory:output_type -> inference.v1.ClearMemoryResponse
+	47, // 72: inference.v1.InferenceService.GetMemoryStats:output_type -> inference.v1.GetMemoryStatsResponse
+	64, // [64:73] is the sub-list for method output_type
+	55, // [55:64] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_inference_v1_inference_proto_init() }
@@ -3251,10 +3804,10 @@ func file_inference_v1_inference_proto_init() {
 	if File_inference_v1_inference_proto != nil {
 		return
 	}
-	file_inference_v1_inference_proto_msgTypes[1].OneofWrappers = []any{}
-	file_inference_v1_inference_proto_msgTypes[11].OneofWrappers = []any{}
-	file_inference_v1_inference_proto_msgTypes[14].OneofWrappers = []any{}
-	file_inference_v1_inference_proto_msgTypes[22].OneofWrappers = []any{
+	file_inference_v1_inference_proto_msgTypes[6].OneofWrappers = []any{}
+	file_inference_v1_inference_proto_msgTypes[16].OneofWrappers = []any{}
+	file_inference_v1_inference_proto_msgTypes[19].OneofWrappers = []any{}
+	file_inference_v1_inference_proto_msgTypes[27].OneofWrappers = []any{
 		(*ManageVRAMRequest_Load)(nil),
 		(*ManageVRAMRequest_Unload)(nil),
 		(*ManageVRAMRequest_Pin)(nil),
@@ -3263,7 +3816,7 @@ func file_inference_v1_inference_proto_init() {
 		(*ManageVRAMRequest_GetStatus)(nil),
 		(*ManageVRAMRequest_Subscribe)(nil),
 	}
-	file_inference_v1_inference_proto_msgTypes[32].OneofWrappers = []any{
+	file_inference_v1_inference_proto_msgTypes[37].OneofWrappers = []any{
 		(*ManageVRAMResponse_Result)(nil),
 		(*ManageVRAMResponse_Event)(nil),
 		(*ManageVRAMResponse_Snapshot)(nil),
@@ -3273,8 +3826,8 @@ func file_inference_v1_inference_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_inference_v1_inference_proto_rawDesc), len(file_inference_v1_inference_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   37,
+			NumEnums:      6,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from adapter import validation
 from adapter.config import Settings
-from adapter.errors import ResourceExhausted
-from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.scheduler import Scheduler
-from adapter.triton_gateway import TritonGateway
+from adapter.core import types as t
+from adapter.core import validation
+from adapter.core.errors import ResourceExhausted
+from adapter.scheduling.scheduler import Scheduler
+from adapter.triton.gateway import TritonGateway
 
 
 class EmbeddingService:
@@ -19,8 +19,8 @@ class EmbeddingService:
         self._max_pending = settings.embedding_max_pending_inputs
         self._pending = 0  # inputs of requests now waiting for or inside Triton
 
-    async def embed(self, request: pb.GetEmbeddingRequest) -> pb.GetEmbeddingResponse:
-        model = validation.require_model(request.model)
+    async def embed(self, request: t.EmbeddingRequest) -> t.EmbeddingResult:
+        model = validation.require_model(request.model, "embedding")
         inputs = validation.embedding_inputs(request.inputs, self._max_inputs, self._max_total_chars)
         if self._pending + len(inputs) > self._max_pending:
             raise ResourceExhausted(
@@ -29,19 +29,19 @@ class EmbeddingService:
             )
         self._pending += len(inputs)
         try:
-            async with self._scheduler.use(model, validation.keep_alive(request)):
+            async with self._scheduler.use(model, request.keep_alive):
                 rows = await self._gateway.embed(model, inputs, request.normalize)
         finally:
             self._pending -= len(inputs)
         prompt_tokens = int(rows.token_counts.sum())
-        return pb.GetEmbeddingResponse(
+        return t.EmbeddingResult(
             model=model,
             dimension=int(rows.vectors.shape[1]),
             embeddings=[
-                pb.Embedding(index=i, values=vector, tokens=int(tokens), truncated=bool(cut))
+                t.Embedding(index=i, values=vector, tokens=int(tokens), truncated=bool(cut))
                 for i, (vector, tokens, cut) in enumerate(
                     zip(rows.vectors.tolist(), rows.token_counts, rows.truncated, strict=True)
                 )
             ],
-            usage=pb.Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+            usage=t.Usage(prompt_tokens=prompt_tokens),
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapter import errors
+from adapter.core import errors
 
 
 @dataclass(frozen=True)

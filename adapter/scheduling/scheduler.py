@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from adapter import errors
-from adapter.memory_readings import DeviceReading, MemoryReading
+from adapter.core import errors
+from adapter.triton.memory_readings import DeviceReading, MemoryReading
 
 log = logging.getLogger(__name__)
 

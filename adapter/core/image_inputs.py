@@ -13,10 +13,10 @@ from typing import Any
 
 from PIL import Image
 
-from adapter import validation
 from adapter.config import Settings
-from adapter.errors import InvalidArgument
-from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.core import types as t
+from adapter.core import validation
+from adapter.core.errors import InvalidArgument
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_SEED = 2**63
@@ -34,7 +34,7 @@ class ImageSpec:
     parameters: dict[str, Any]  # the model's `parameters` JSON; unset options are left out
     image: bytes = b""
     mask: bytes = b""
-    keep_alive: validation.KeepAlive = "default"
+    keep_alive: t.KeepAlive = "default"
     request_id: str = ""  # the client's idempotency key; "" when it sent none
 
 
@@ -75,7 +75,7 @@ def _dimension(name: str, value: int, limit: int) -> None:
         )
 
 
-def check_options(options: pb.ImageOptions, settings: Settings) -> dict[str, Any]:
+def check_options(options: t.ImageOptions, settings: Settings) -> dict[str, Any]:
     """The shared options as model parameters; raises InvalidArgument naming the field."""
     parameters: dict[str, Any] = {}
     _dimension("width", options.width, settings.image_max_width)
@@ -88,12 +88,12 @@ def check_options(options: pb.ImageOptions, settings: Settings) -> dict[str, Any
         if not 0 < options.steps <= settings.image_max_steps:
             raise InvalidArgument(f"options.steps must be in [1, {settings.image_max_steps}]; got {options.steps}")
         parameters["steps"] = options.steps
-    if options.HasField("guidance_scale"):
+    if options.guidance_scale is not None:
         g = options.guidance_scale
         if not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
             raise InvalidArgument(f"options.guidance_scale must be in [0, {MAX_GUIDANCE:g}]; got {g:g}")
         parameters["guidance_scale"] = g
-    if options.HasField("seed"):
+    if options.seed is not None:
         if options.seed >= MAX_SEED:
             raise InvalidArgument(f"options.seed must be below 2^63; got {options.seed}")
         parameters["seed"] = options.seed
@@ -112,26 +112,23 @@ def _prompt(prompt: str) -> str:
     return prompt
 
 
-def check_generate(request: pb.GenerateImageRequest, settings: Settings) -> ImageSpec:
-    if not request.model.strip():
-        raise InvalidArgument('model is required (for example "image")')
+def check_generate(request: t.GenerateImageRequest, settings: Settings) -> ImageSpec:
     return ImageSpec(
         kind="generate",
-        model=request.model,
+        model=validation.require_model(request.model, "image"),
         prompt=_prompt(request.prompt),
         negative_prompt=request.options.negative_prompt,
         parameters=check_options(request.options, settings),
-        keep_alive=validation.keep_alive(request),
+        keep_alive=request.keep_alive,
         request_id=_request_id(request.request_id),
     )
 
 
-def check_edit_fields(request: pb.EditImageRequest, settings: Settings) -> ImageSpec:
+def check_edit_fields(request: t.EditImageRequest, settings: Settings) -> ImageSpec:
     """Everything but decoding the pictures (cheap, on the event loop)."""
-    if not request.model.strip():
-        raise InvalidArgument('model is required (for example "image")')
+    model = validation.require_model(request.model, "image")
     parameters = check_options(request.options, settings)
-    if request.HasField("strength"):
+    if request.strength is not None:
         # 0 would run no denoising step at all: the model refuses it, so say so now.
         if not math.isfinite(request.strength) or not 0 < request.strength <= 1:
             raise InvalidArgument(f"strength must be in (0, 1]; got {request.strength:g}")
@@ -145,13 +142,13 @@ def check_edit_fields(request: pb.EditImageRequest, settings: Settings) -> Image
             )
     return ImageSpec(
         kind="edit",
-        model=request.model,
+        model=model,
         prompt=_prompt(request.prompt),
         negative_prompt=request.options.negative_prompt,
         parameters=parameters,
         image=request.image,
         mask=request.mask,
-        keep_alive=validation.keep_alive(request),
+        keep_alive=request.keep_alive,
         request_id=_request_id(request.request_id),
     )
 

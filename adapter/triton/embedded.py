@@ -25,7 +25,7 @@ from pathlib import Path
 
 import tritonclient.grpc.aio as triton_grpc
 
-from adapter import procfs
+from adapter.triton import procfs
 
 log = logging.getLogger(__name__)
 triton_log = logging.getLogger("triton")

@@ -1,21 +1,19 @@
 """API-key authentication for every RPC (unary and streaming alike), as a server interceptor.
 
-A key comes as `x-api-key` metadata or `authorization: Bearer <key>`. Keys are compared in
-constant time, never logged. Health checks stay open (load balancers and probes carry no key).
-With an admin key configured, ManageVRAM and ClearMemory need it: the ordinary key gets
-PERMISSION_DENIED there.
+A key comes as `x-api-key` metadata or `authorization: Bearer <key>`; the decision is the core's
+(adapter/core/access.py). Health checks stay open (load balancers and probes carry no key).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
+from adapter.core.access import ApiKeys
 from adapter.gen.inference.v1 import inference_pb2 as pb
+from adapter.grpc_front.status import grpc_code
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 ADMIN_METHODS = frozenset(f"/{_SERVICE}/{name}" for name in ("ManageVRAM", "ClearMemory"))
@@ -36,13 +34,6 @@ def presented_key(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | N
     return bearer
 
 
-def _matches(presented: str, expected: str) -> bool:
-    # Digests first: equal lengths, so the comparison's time says nothing about the key's length.
-    if not expected:
-        return False
-    return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), hashlib.sha256(expected.encode()).digest())
-
-
 class Decision:
     """Why a call is refused (a status and a message), or None to let it through."""
 
@@ -53,43 +44,25 @@ class Decision:
 
 
 class ApiKeyPolicy:
-    """Pure decision: may this method be called with this metadata?"""
+    """The API keys (adapter/core/access.py) over gRPC: method names and metadata."""
 
     def __init__(self, api_key: str, admin_key: str, require_api_key: bool) -> None:
-        self._api_key = api_key
-        self._admin_key = admin_key
-        self._require = require_api_key
+        self._keys = ApiKeys(api_key, admin_key, require_api_key)
 
     @property
     def enabled(self) -> bool:
-        return self._require or bool(self._admin_key)
+        return self._keys.enabled
 
     def check(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> Decision | None:
         if method.startswith(OPEN_PREFIXES):
             return None
-        admin_only = method in ADMIN_METHODS and bool(self._admin_key)
-        if not admin_only and not self._require:
-            return None
-        key = presented_key(metadata)
-        if key is None:
-            return Decision(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this server requires an API key: send it as `x-api-key` metadata or `authorization: Bearer <key>`",
-            )
-        # Both comparisons always run: timing says nothing about which key was close.
-        is_admin = _matches(key, self._admin_key)
-        is_user = _matches(key, self._api_key)
-        if admin_only:
-            if is_admin:
-                return None
-            if is_user:
-                return Decision(
-                    grpc.StatusCode.PERMISSION_DENIED, f"{method.rsplit('/', 1)[1]} needs the admin API key"
-                )
-            return Decision(grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid")
-        if is_user or is_admin:
-            return None
-        return Decision(grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid")
+        refusal = self._keys.check(
+            method.rsplit("/", 1)[-1],
+            method in ADMIN_METHODS,
+            presented_key(metadata),
+            "`x-api-key` metadata or `authorization: Bearer <key>`",
+        )
+        return None if refusal is None else Decision(grpc_code(refusal.code), refusal.message)
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler, decision: Decision) -> grpc.RpcMethodHandler:

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from adapter.handler_wrapping import WrappingInterceptor, rewrap
+from adapter.grpc_front.handler_wrapping import WrappingInterceptor, rewrap
 
 log = logging.getLogger(__name__)
 

@@ -8,46 +8,26 @@ import logging
 import signal
 from concurrent import futures
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import Gauge
 
-from adapter import errors
-from adapter.auth import ApiKeyInterceptor, ApiKeyPolicy
 from adapter.config import Settings
-from adapter.decoding import DecodeGuard
-from adapter.draining import CallTracker
-from adapter.embedded_triton import EmbeddedTriton, EmbeddedTritonOptions
-from adapter.gen.inference.v1 import inference_pb2 as pb
-from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
-from adapter.image_jobs import ImageJobService
-from adapter.job_store import JobStore
-from adapter.memory_readings import TritonMemoryProbe
+from adapter.core import errors
+from adapter.core.embedding import EmbeddingService
+from adapter.core.images import ImageService
+from adapter.core.memory import MemoryService
+from adapter.core.services import CoreServices
+from adapter.core.text_generation import TextGenerationService
+from adapter.grpc_front.server import SERVICE_NAME, GrpcFront
 from adapter.metrics import AdapterMetrics
-from adapter.scheduler import ModelSlot, NoGpuMetrics, Scheduler
-from adapter.servicer import InferenceServicer
-from adapter.services.embedding import EmbeddingService
-from adapter.services.images import ImageService
-from adapter.services.memory import MemoryService
-from adapter.services.text_generation import TextGenerationService
-from adapter.triton_gateway import TritonGateway
-from adapter.triton_health import TritonHealthWatcher
+from adapter.scheduling.image_jobs import ImageJobService
+from adapter.scheduling.job_store import JobStore
+from adapter.scheduling.scheduler import ModelSlot, NoGpuMetrics, Scheduler
+from adapter.triton.embedded import EmbeddedTriton, EmbeddedTritonOptions
+from adapter.triton.gateway import TritonGateway
+from adapter.triton.health import TritonHealthWatcher
+from adapter.triton.memory_readings import TritonMemoryProbe
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
-
-
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_send_message_length", settings.grpc_max_message_size),
-        ("grpc.max_receive_message_length", settings.grpc_max_message_size),
-        # Accept the Go client's keepalive pings (every 10 s), also while no call is open.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
 
 
 class Adapter:
@@ -57,13 +37,13 @@ class Adapter:
         self.settings = settings
         self.triton: EmbeddedTriton | None = None
         self.gateway: TritonGateway | None = None
-        self.server: grpc.aio.Server | None = None
+        self.grpc: GrpcFront | None = None
+        self.services: CoreServices | None = None
+        self.serving = False
         self.image_jobs: ImageJobService | None = None
         self.scheduler: Scheduler | None = None
         self._background: list[asyncio.Task[None]] = []
-        self.health = health.aio.HealthServicer()
         self.metrics = AdapterMetrics()
-        self.calls = CallTracker()
         self.watcher: TritonHealthWatcher | None = None
         self._triton_generation = 0  # counts Triton's outages: a recovery from an older one is stale
         self._recovery: asyncio.Task[None] | None = None
@@ -123,46 +103,14 @@ class Adapter:
         await self.image_jobs.start()
         memory = MemoryService(self.scheduler, probe)
 
-        # Outermost first: metrics see every outcome (refusals included), auth refuses before any
-        # work, the call tracker lets shutdown drain and then end calls with UNAVAILABLE.
-        interceptors: list[grpc.aio.ServerInterceptor] = [self.metrics.interceptor()]
-        policy = ApiKeyPolicy(s.grpc_api_key, s.grpc_admin_api_key, s.grpc_require_api_key)
-        if policy.enabled:
-            interceptors.append(ApiKeyInterceptor(policy))
-        # Undecodable requests end INVALID_ARGUMENT (one WARNING line), on every method.
-        interceptors.append(DecodeGuard())
-        interceptors.append(self.calls)
-        # The pool runs any synchronous handler work off the event loop (GRPC_MAX_WORKERS threads).
-        # Past GRPC_MAX_CONCURRENT_RPCS calls at once, gRPC itself answers RESOURCE_EXHAUSTED.
-        self.server = grpc.aio.server(
-            futures.ThreadPoolExecutor(max_workers=s.grpc_max_workers),
-            options=server_options(s),
-            interceptors=interceptors,
-            maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs,
+        self.services = CoreServices(
+            text=TextGenerationService(self.gateway, self.scheduler, s.prompt_char_limit()),
+            embedding=EmbeddingService(self.gateway, self.scheduler, s),
+            images=ImageService(self.image_jobs, s),
+            memory=memory,
         )
-        pb_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(
-                TextGenerationService(self.gateway, self.scheduler, s.prompt_char_limit()),
-                EmbeddingService(self.gateway, self.scheduler, s),
-                ImageService(self.image_jobs, s),
-                memory,
-            ),
-            self.server,
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if s.grpc_enable_reflection:
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-                self.server,
-            )
-        address = f"{s.grpc_host}:{s.grpc_port}"
-        if s.grpc_use_tls:
-            bound = self.server.add_secure_port(address, server_credentials(s))
-        else:
-            bound = self.server.add_insecure_port(address)
-        if bound == 0:
-            raise OSError(f"cannot listen on {address} (GRPC_HOST/GRPC_PORT)")
-        await self.server.start()
+        self.grpc = GrpcFront(s, self.services, self.metrics)
+        await self.grpc.start()
         loop = asyncio.get_running_loop()
         # For leak hunting (benchmarks/soak.py): read at scrape time, from the HTTP server's thread.
         Gauge(
@@ -192,16 +140,17 @@ class Adapter:
         log.info(
             "adapter serving %s on %s (%s%s; Triton at %s)",
             SERVICE_NAME,
-            address,
+            self.grpc.address,
             "mutual TLS" if s.grpc_client_ca_file else "TLS" if s.grpc_use_tls else "plaintext",
             ", API key required" if s.grpc_require_api_key else "",
             triton_url,
         )
 
     async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, status)
+        """Every front's health (gRPC's grpc.health.v1) follows Triton's."""
+        self.serving = serving
+        if self.grpc is not None:
+            await self.grpc.set_serving(serving)
 
     def _embedded_triton_exited(self, code: int | None) -> None:
         """The supervisor saw the embedded Triton exit: NOT_SERVING at once, before any probe."""
@@ -265,15 +214,12 @@ class Adapter:
     async def stop(self) -> None:
         """NOT_SERVING; refuse new calls; let running ones finish within the grace period, end the
         rest with UNAVAILABLE (their Triton requests cancelled); then stop Triton."""
-        await self.health.enter_graceful_shutdown()
+        if self.grpc is not None:
+            await self.grpc.enter_graceful_shutdown()
         for task in [*self._background, *self._reactions, *([self._recovery] if self._recovery else [])]:
             task.cancel()
-        if self.server is not None:
-            grace = self.settings.shutdown_grace_s
-            # server.stop refuses new calls at once; its own grace is only a backstop for ours.
-            stopping = asyncio.get_running_loop().create_task(self.server.stop(grace + 10))
-            await self.calls.drain(grace)
-            await stopping
+        if self.grpc is not None:
+            await self.grpc.stop(self.settings.shutdown_grace_s)
         self.metrics.stop_http()
         if self.image_jobs is not None:
             await self.image_jobs.stop()
@@ -282,16 +228,6 @@ class Adapter:
         if self.triton is not None:
             await self.triton.stop()
         log.info("adapter stopped")
-
-
-def server_credentials(settings: Settings) -> grpc.ServerCredentials:
-    """TLS from GRPC_CERT_FILE/GRPC_KEY_FILE; with GRPC_CLIENT_CA_FILE, clients must present a
-    certificate that CA signed (mutual TLS)."""
-    key, cert = settings.grpc_key_file.read_bytes(), settings.grpc_cert_file.read_bytes()
-    client_ca = settings.grpc_client_ca_file.read_bytes() if settings.grpc_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
 
 
 async def serve(settings: Settings) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 
-from adapter.errors import InvalidArgument
-from adapter.handler_wrapping import Behavior, WrappingInterceptor, rewrap
+from adapter.core.errors import InvalidArgument
+from adapter.grpc_front.handler_wrapping import Behavior, WrappingInterceptor, rewrap
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from adapter import errors
 from adapter.config import Settings
-from adapter.image_inputs import ImageSpec, png_size
-from adapter.job_store import JobRecord, JobStore
-from adapter.model_files import ModelFile, read_model_file
-from adapter.scheduler import LOADED, Scheduler
-from adapter.triton_gateway import TritonGateway
+from adapter.core import errors
+from adapter.core.image_inputs import ImageSpec, png_size
+from adapter.scheduling.job_store import JobRecord, JobStore
+from adapter.scheduling.scheduler import LOADED, Scheduler
+from adapter.triton.gateway import TritonGateway
+from adapter.triton.model_files import ModelFile, read_model_file
 
 log = logging.getLogger(__name__)
 

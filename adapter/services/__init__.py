@@ -1,1 +1,0 @@
-"""One module per group of RPCs; each translates protobufs to plain values and back."""
