@@ -143,7 +143,7 @@ func TestChatStreamsChunksInOrderAndReturnsTheResult(t *testing.T) {
 	if !reflect.DeepEqual(res, want) {
 		t.Errorf("result\n got %+v\nwant %+v", res, want)
 	}
-	if m := res.Message(); m != (Message{Role: RoleAssistant, Content: "Hello world!"}) {
+	if m := res.Message(); !reflect.DeepEqual(m, Message{Role: RoleAssistant, Content: "Hello world!"}) {
 		t.Errorf("Message() = %+v", m)
 	}
 }
@@ -527,6 +527,7 @@ func TestFinishReasonFromProto(t *testing.T) {
 		{pb.FinishReason_FINISH_REASON_STOP, FinishReasonStop},
 		{pb.FinishReason_FINISH_REASON_LENGTH, FinishReasonLength},
 		{pb.FinishReason_FINISH_REASON_CANCELLED, FinishReasonCancelled},
+		{pb.FinishReason_FINISH_REASON_TOOL_CALLS, FinishReasonToolCalls},
 		{pb.FinishReason(42), "42"},
 	}
 	for _, tt := range tests {

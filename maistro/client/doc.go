@@ -19,6 +19,24 @@
 //	})
 //	if client.IsNotFound(err) { ... }
 //
+// Tools, ToolChoice and ResponseFormat follow OpenAI's chat API, and the server guarantees them
+// by constrained decoding. A reply that calls tools ends with FinishReasonToolCalls and its
+// ToolCalls, put together from the chunks' ToolCallDelta pieces; send them back with the
+// tools' results for the next turn:
+//
+//	req := &client.ChatRequest{Model: "llm", Messages: msgs, ToolChoice: client.ToolChoiceRequired,
+//		Tools: []client.Tool{{Name: "get_weather", Description: "Weather in a city",
+//			Parameters: json.RawMessage(`{"type":"object","properties":{"city":{"type":"string"}}}`)}}}
+//	res, err := c.Chat(ctx, req, nil)
+//	if err != nil { ... }
+//	req.Messages = append(req.Messages, res.Message()) // the assistant turn, its calls included
+//	for _, call := range res.ToolCalls { // call.Name, call.Arguments (a JSON object's text)
+//		req.Messages = append(req.Messages, client.ToolMessage(call.ID, `{"temp_c": 21}`))
+//	}
+//
+// and ResponseFormat: client.JSONSchema("person", schema, true) (or client.JSONObject()) makes
+// the reply JSON valid against schema.
+//
 // Embed turns strings into vectors in one unary call, and CosineSimilarity compares two:
 //
 //	emb, err := c.Embed(ctx, &client.EmbedRequest{

@@ -2,10 +2,15 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -24,6 +29,7 @@ const maxLine = 1 << 20
 
 func newChatCommand(g *globalFlags) *cobra.Command {
 	f := &generationFlags{}
+	r := &replyFlags{}
 	var (
 		system      string
 		interactive bool
@@ -36,11 +42,25 @@ func newChatCommand(g *globalFlags) *cobra.Command {
 			"terminal: then (or with -i) it holds a conversation, one message per line, each reply\n" +
 			"streamed as it comes and the whole conversation sent with every message. In a\n" +
 			"conversation, a server error is printed and the next message may be typed; /reset\n" +
-			"forgets the conversation, /bye or Ctrl-D leaves, Ctrl-C stops a reply and leaves.",
+			"forgets the conversation, /bye or Ctrl-D leaves, Ctrl-C stops a reply and leaves.\n\n" +
+			"--json-schema FILE makes the reply JSON valid against the schema in FILE (strict: no\n" +
+			"property the schema does not name), --json-object any JSON object; the server guarantees\n" +
+			"it by constrained decoding. --tool FILE (repeatable) offers the model a function, FILE\n" +
+			"holding one OpenAI-style tool: {\"name\", \"description\", \"parameters\"} or\n" +
+			"{\"type\": \"function\", \"function\": {...}}. A reply that calls tools ends with one line\n" +
+			"per call, the tool's name and its arguments as JSON (the tools are not run; in a\n" +
+			"conversation the calls are not kept in the history).",
 		Example: "  maistro chat \"Why is the sky blue?\"\n" +
 			"  maistro chat --system \"Answer in French\" -i\n" +
-			"  echo \"Summarise: ...\" | maistro chat --json",
+			"  echo \"Summarise: ...\" | maistro chat --json\n" +
+			"  maistro chat --json-schema person.json \"Invent a person\"\n" +
+			"  maistro chat --tool weather.json --tool-choice required \"Weather in Paris?\"",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			shape, err := r.shape()
+			if err != nil {
+				cmd.SilenceUsage = true // a file's problem, not the command line's
+				return err
+			}
 			stdin := cmd.InOrStdin()
 			repl := interactive || (len(args) == 0 && isTerminal(stdin))
 			var first string
@@ -58,7 +78,7 @@ func newChatCommand(g *globalFlags) *cobra.Command {
 			}
 			cmd.SilenceUsage = true
 			return g.withClient(cmd, func(c *client.Client) error {
-				s := &chatSession{cmd: cmd, g: g, f: f, c: c}
+				s := &chatSession{cmd: cmd, g: g, f: f, c: c, shape: shape}
 				if system != "" {
 					s.system = &client.Message{Role: client.RoleSystem, Content: system}
 				}
@@ -74,7 +94,137 @@ func newChatCommand(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&system, "system", "", "system message sent before the user's")
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false,
 		"hold a conversation, one message per line of standard input (the default on a terminal with no MESSAGE)")
+	r.add(cmd)
 	return cmd
+}
+
+// replyFlags are chat's flags that shape the reply: a JSON response format, tools and the
+// tool choice.
+type replyFlags struct {
+	jsonSchema string
+	jsonObject bool
+	tools      []string
+	toolChoice string
+}
+
+func (r *replyFlags) add(cmd *cobra.Command) {
+	flags := cmd.Flags()
+	flags.StringVar(&r.jsonSchema, "json-schema", "",
+		"JSON schema `FILE`: the reply is JSON valid against it (response_format json_schema, strict)")
+	flags.BoolVar(&r.jsonObject, "json-object", false, "the reply is a JSON object (response_format json_object)")
+	flags.StringArrayVar(&r.tools, "tool", nil,
+		"`FILE` holding one OpenAI-style function tool the model may call (repeatable)")
+	flags.StringVar(&r.toolChoice, "tool-choice", "",
+		"`CHOICE`: auto, none, required, or the name of the tool to call (default: the server's, auto with tools)")
+	cmd.MarkFlagsMutuallyExclusive("json-schema", "json-object")
+}
+
+// replyShape is what replyFlags ask of every turn.
+type replyShape struct {
+	format client.ResponseFormat
+	tools  []client.Tool
+	choice client.ToolChoice
+}
+
+// shape reads the files the flags name. Its errors name the flag and the file.
+func (r *replyFlags) shape() (replyShape, error) {
+	var s replyShape
+	switch {
+	case r.jsonSchema != "":
+		schema, err := readJSONFile("--json-schema", r.jsonSchema)
+		if err != nil {
+			return s, err
+		}
+		base := filepath.Base(r.jsonSchema)
+		s.format = client.JSONSchema(strings.TrimSuffix(base, filepath.Ext(base)), schema, true)
+	case r.jsonObject:
+		s.format = client.JSONObject()
+	}
+	for _, path := range r.tools {
+		tool, err := readToolFile(path)
+		if err != nil {
+			return s, err
+		}
+		s.tools = append(s.tools, tool)
+	}
+	switch r.toolChoice {
+	case "":
+	case "auto":
+		s.choice = client.ToolChoiceAuto
+	case "none":
+		s.choice = client.ToolChoiceNone
+	case "required":
+		s.choice = client.ToolChoiceRequired
+	default:
+		s.choice = client.ToolChoiceFunction(r.toolChoice)
+	}
+	return s, nil
+}
+
+// readJSONFile reads a file that must hold JSON; its errors start with the flag and the file.
+func readJSONFile(flag, path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		var pathErr *fs.PathError
+		if errors.As(err, &pathErr) {
+			err = pathErr.Err // the path is said once, after the flag
+		}
+		return nil, fmt.Errorf("%s %s: %w", flag, path, err)
+	}
+	if err := json.Unmarshal(data, new(any)); err != nil {
+		return nil, fmt.Errorf("%s %s: not valid JSON: %s", flag, path, describeJSONError(data, err))
+	}
+	return bytes.TrimSpace(data), nil
+}
+
+// describeJSONError adds the line to a syntax error's message.
+func describeJSONError(data []byte, err error) string {
+	var syntax *json.SyntaxError
+	if errors.As(err, &syntax) {
+		line := 1 + bytes.Count(data[:min(int(syntax.Offset), len(data))], []byte("\n"))
+		return fmt.Sprintf("line %d: %v", line, err)
+	}
+	return err.Error()
+}
+
+// toolFunction is an OpenAI function tool's function.
+type toolFunction struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description"`
+	Parameters  json.RawMessage `json:"parameters"`
+}
+
+// toolFileShapes is what a --tool file may hold, for its errors.
+const toolFileShapes = `{"name", "description", "parameters"} or {"type": "function", "function": {...}}`
+
+// readToolFile reads a --tool file: one function tool, bare or in OpenAI's wrapper.
+func readToolFile(path string) (client.Tool, error) {
+	data, err := readJSONFile("--tool", path)
+	if err != nil {
+		return client.Tool{}, err
+	}
+	var file struct {
+		Type     string        `json:"type"`
+		Function *toolFunction `json:"function"`
+		toolFunction
+	}
+	if err := json.Unmarshal(data, &file); err != nil {
+		return client.Tool{}, fmt.Errorf("--tool %s: want %s: %v", path, toolFileShapes, err)
+	}
+	fn := file.toolFunction
+	if file.Type != "" && file.Type != "function" {
+		return client.Tool{}, fmt.Errorf("--tool %s: type %q: only function tools are supported", path, file.Type)
+	}
+	if file.Function != nil {
+		fn = *file.Function
+	}
+	if fn.Name == "" {
+		return client.Tool{}, fmt.Errorf("--tool %s: no function name: want %s", path, toolFileShapes)
+	}
+	if string(fn.Parameters) == "null" {
+		fn.Parameters = nil
+	}
+	return client.Tool{Name: fn.Name, Description: fn.Description, Parameters: fn.Parameters}, nil
 }
 
 // chatSession is one chat command: a single turn, or a conversation whose history is sent
@@ -84,6 +234,7 @@ type chatSession struct {
 	g       *globalFlags
 	f       *generationFlags
 	c       *client.Client
+	shape   replyShape
 	system  *client.Message
 	history []client.Message // user and assistant turns so far
 }
@@ -99,6 +250,7 @@ func (s *chatSession) turn(content string) (*client.ChatResult, error) {
 	req := &client.ChatRequest{
 		Model: s.f.model, Messages: msgs,
 		Options: s.f.options(s.cmd), KeepAlive: s.f.keepAlive.option(s.cmd),
+		Tools: s.shape.tools, ToolChoice: s.shape.choice, ResponseFormat: s.shape.format,
 	}
 	p := s.g.newPrinter(s.cmd)
 	start := time.Now()
@@ -109,7 +261,7 @@ func (s *chatSession) turn(content string) (*client.ChatResult, error) {
 		p.abort()
 		return nil, err
 	}
-	return res, p.result(res, summary{res.Model, res.FinishReason, res.Usage, res.Timings, time.Since(start)})
+	return res, p.chatResult(res, summary{res.Model, res.FinishReason, res.Usage, res.Timings, time.Since(start)})
 }
 
 // converse runs the interactive loop: first (if any) as the opening message, then one message

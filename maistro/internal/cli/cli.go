@@ -6,6 +6,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -309,6 +310,41 @@ func (p *printer) result(v any, s summary) error {
 	} else {
 		_, err = fmt.Fprintln(p.out)
 	}
+	return p.end(err, s)
+}
+
+// chatResult is result for a chat reply, which may end with tool calls: in text, each call
+// is a line of its own after the reply's text, the tool's name and its arguments as JSON.
+func (p *printer) chatResult(res *client.ChatResult, s summary) error {
+	if p.json != nil || len(res.ToolCalls) == 0 {
+		return p.result(res, s)
+	}
+	var b strings.Builder
+	if p.wrote {
+		b.WriteString("\n") // ends the reply's text
+	}
+	for _, call := range res.ToolCalls {
+		fmt.Fprintf(&b, "%s %s\n", call.Name, compactJSON(call.Arguments))
+	}
+	_, err := io.WriteString(p.out, b.String())
+	return p.end(err, s)
+}
+
+// compactJSON returns JSON text on one line ("{}" for none), or text as it is if it is not JSON.
+func compactJSON(text string) string {
+	if strings.TrimSpace(text) == "" {
+		return "{}"
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, []byte(text)) != nil {
+		return text
+	}
+	return b.String()
+}
+
+// end flushes what result wrote (err is its write error), then prints the summary on stderr
+// with --verbose.
+func (p *printer) end(err error, s summary) error {
 	if err = p.flush(err); err != nil {
 		return err
 	}

@@ -27,6 +27,11 @@ import (
 // with err when it is set; it remembers the last request.
 type fakeServer struct {
 	err error
+	// chatReply, when set, replaces reply as the chat's text deltas.
+	chatReply []string
+	// toolCalls, when set, follow the chat's text: one chunk per element, then the last chunk
+	// with finish reason TOOL_CALLS.
+	toolCalls [][]*pb.ToolCallDelta
 	// jobFailure, when set, makes every image job fail with this message.
 	jobFailure string
 
@@ -54,13 +59,24 @@ func (f *fakeServer) chat(req *pb.ChatStreamRequest, s grpc.ServerStreamingServe
 	if f.err != nil {
 		return f.err
 	}
-	for _, d := range reply {
+	text := reply
+	if f.chatReply != nil {
+		text = f.chatReply
+	}
+	for _, d := range text {
 		if err := s.Send(&pb.ChatStreamResponse{Model: req.GetModel(), Delta: d}); err != nil {
 			return err
 		}
 	}
+	finish := pb.FinishReason_FINISH_REASON_STOP
+	for _, calls := range f.toolCalls {
+		if err := s.Send(&pb.ChatStreamResponse{Model: req.GetModel(), ToolCalls: calls}); err != nil {
+			return err
+		}
+		finish = pb.FinishReason_FINISH_REASON_TOOL_CALLS
+	}
 	return s.Send(&pb.ChatStreamResponse{
-		Model: req.GetModel(), Done: true, FinishReason: pb.FinishReason_FINISH_REASON_STOP,
+		Model: req.GetModel(), Done: true, FinishReason: finish,
 		Usage: &pb.Usage{PromptTokens: 3, CompletionTokens: 3, TotalTokens: 6},
 	})
 }
