@@ -112,7 +112,7 @@ class ChatTemplates:
         cannot be had, INVALID_ARGUMENT when its template refuses the conversation."""
         key = (model, tokenizer)
         task = self._loaded.get(key)
-        if task is None or (task.done() and task.exception() is not None):
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             # One load however many chats wait for it; a failed one is tried again next time.
             task = self._loaded[key] = asyncio.get_running_loop().create_task(self._load(model, tokenizer))
         template = await asyncio.shield(task)
