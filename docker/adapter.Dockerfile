@@ -27,7 +27,9 @@ RUN pip install --no-cache-dir \
         numpy==1.26.4 \
         prometheus-client==0.23.1 \
         Pillow==13.0.0 \
-        jsonschema==4.26.0
+        jsonschema==4.26.0 \
+        Jinja2==3.1.6 \
+        huggingface_hub==2.4.0
 
 # ---- runtime: the virtualenv, the adapter's code, a non-root user ----
 FROM python:3.11.11-slim-bookworm AS runtime
