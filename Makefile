@@ -14,7 +14,7 @@ CONVERT_PACKAGES := gguf==0.19.0 accelerate==1.15.0 psutil==7.2.2
 .PHONY: help venv models proto check-proto lint run test test-python test-go bench clean check-deploy
 
 help:
-	@echo "make run    - build everything needed, then serve the adapter (embedded Triton) on :50051"
+	@echo "make run    - build everything needed, then serve the adapter (embedded Triton): gRPC :50051, OpenAI HTTP :8080"
 	@echo "make test   - build everything needed, then run every test (Python and Go)"
 	@echo "make lint   - ruff (check and format), mypy --strict, buf lint, gofmt, go vet"
 	@echo "make check-deploy - offline checks of docker/, docker-compose.grpc.yml, docker/k8s and docker/vllm"
@@ -68,6 +68,7 @@ test: test-go test-python
 # Measures, does not assert: adapter vs Triton direct in one run; tables under benchmarks/results/.
 bench: models
 	$(PY) -m benchmarks.streaming
+	$(PY) -m benchmarks.openai_front
 	$(PY) -m benchmarks.batching --before benchmarks/results/batching-before.json
 	$(PY) -m benchmarks.embeddings
 	$(PY) -m benchmarks.images

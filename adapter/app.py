@@ -15,10 +15,12 @@ from adapter.core import errors
 from adapter.core.embedding import EmbeddingService
 from adapter.core.images import ImageService
 from adapter.core.memory import MemoryService
+from adapter.core.models import ModelService
 from adapter.core.services import CoreServices
 from adapter.core.text_generation import TextGenerationService
 from adapter.grpc_front.server import SERVICE_NAME, GrpcFront
 from adapter.metrics import AdapterMetrics
+from adapter.openai_front.server import OpenAIFront
 from adapter.scheduling.image_jobs import ImageJobService
 from adapter.scheduling.job_store import JobStore
 from adapter.scheduling.scheduler import ModelSlot, NoGpuMetrics, Scheduler
@@ -39,6 +41,7 @@ class Adapter:
         self.triton: EmbeddedTriton | None = None
         self.gateway: TritonGateway | None = None
         self.grpc: GrpcFront | None = None
+        self.http: OpenAIFront | None = None  # None when OPENAI_HTTP_PORT is 0
         self.services: CoreServices | None = None
         self.serving = False
         self.image_jobs: ImageJobService | None = None
@@ -112,9 +115,13 @@ class Adapter:
             embedding=EmbeddingService(self.gateway, self.scheduler, s),
             images=ImageService(self.image_jobs, s),
             memory=memory,
+            models=ModelService(self.scheduler),
         )
         self.grpc = GrpcFront(s, self.services, self.metrics)
         await self.grpc.start()
+        if s.openai_http_port:
+            self.http = OpenAIFront(s, self.services, self.metrics)
+            await self.http.start()
         loop = asyncio.get_running_loop()
         # For leak hunting (benchmarks/soak.py): read at scrape time, from the HTTP server's thread.
         Gauge(
@@ -149,12 +156,16 @@ class Adapter:
             ", API key required" if s.grpc_require_api_key else "",
             triton_url,
         )
+        if self.http is not None:
+            log.info("OpenAI-compatible API on %s://%s/v1", self.http.scheme, self.http.address)
 
     async def _set_health(self, serving: bool) -> None:
-        """Every front's health (gRPC's grpc.health.v1) follows Triton's."""
+        """Every front's health (gRPC's grpc.health.v1, HTTP's /health) follows Triton's."""
         self.serving = serving
         if self.grpc is not None:
             await self.grpc.set_serving(serving)
+        if self.http is not None:
+            self.http.serving = serving  # /health
 
     def _embedded_triton_exited(self, code: int | None) -> None:
         """The supervisor saw the embedded Triton exit: NOT_SERVING at once, before any probe."""
@@ -220,10 +231,15 @@ class Adapter:
         rest with UNAVAILABLE (their Triton requests cancelled); then stop Triton."""
         if self.grpc is not None:
             await self.grpc.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.serving = False
         for task in [*self._background, *self._reactions, *([self._recovery] if self._recovery else [])]:
             task.cancel()
-        if self.grpc is not None:
-            await self.grpc.stop(self.settings.shutdown_grace_s)
+        # Both fronts drain at once, within the same grace period.
+        await asyncio.gather(
+            *([self.grpc.stop(self.settings.shutdown_grace_s)] if self.grpc is not None else []),
+            *([self.http.stop()] if self.http is not None else []),
+        )
         self.metrics.stop_http()
         if self.image_jobs is not None:
             await self.image_jobs.stop()

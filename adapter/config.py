@@ -202,7 +202,9 @@ _KEEP_ALIVE_DEFAULT: float | None = 300.0  # typed for its parser: None keeps mo
 @dataclass(frozen=True)
 class Settings:
     # Public gRPC server.
-    grpc_host: str = setting("GRPC_HOST", "0.0.0.0", _text, "an address", "address the gRPC server binds")
+    grpc_host: str = setting(
+        "GRPC_HOST", "0.0.0.0", _text, "an address", "address the gRPC, OpenAI HTTP and metrics servers bind"
+    )
     grpc_port: int = setting("GRPC_PORT", 50051, _port(allow_zero=False), "a port number 1-65535", "gRPC port")
     grpc_max_workers: int = setting(
         "GRPC_MAX_WORKERS",
@@ -235,13 +237,37 @@ class Settings:
         _INT,
         "calls served at once (streams included); past it calls get `RESOURCE_EXHAUSTED`",
     )
+    # The OpenAI-compatible HTTP front (adapter/openai_front/): same core, keys and TLS files as gRPC.
+    openai_http_port: int = setting(
+        "OPENAI_HTTP_PORT",
+        8080,
+        _port(allow_zero=True),
+        "a port number (0 turns the HTTP front off)",
+        "the OpenAI-compatible HTTP API (`/v1/...`, `/health`, `/openapi.json`); `0` turns it off."
+        " Not 8000-8002: Triton's ports in a shared pod",
+    )
+    openai_http_max_body_bytes: int = setting(
+        "OPENAI_HTTP_MAX_BODY_BYTES",
+        48 * 1024 * 1024,
+        _positive_int,
+        "a positive number of bytes",
+        "largest HTTP request body (an image edit carries its image and mask); larger ones get 413",
+        shown_default="`50331648` (48 MiB)",
+    )
+    openai_http_max_concurrent_requests: int = setting(
+        "OPENAI_HTTP_MAX_CONCURRENT_REQUESTS",
+        100,
+        _positive_int,
+        _INT,
+        "HTTP requests served at once (streams included); past it requests get 429",
+    )
     # Auth: keys are never printed (repr=False) or logged.
     grpc_require_api_key: bool = setting(
         "GRPC_REQUIRE_API_KEY",
         False,
         _boolean,
         _BOOL,
-        "every RPC but health needs `GRPC_API_KEY` (`x-api-key: KEY` or `authorization: Bearer KEY`);"
+        "every RPC and HTTP request but health needs `GRPC_API_KEY` (`x-api-key: KEY` or `authorization: Bearer KEY`);"
         " `true` without a key refuses to start",
     )
     grpc_api_key: str = setting(
@@ -267,7 +293,7 @@ class Settings:
         False,
         _boolean,
         _BOOL,
-        "serve TLS with the two files below (checked readable at start-up)",
+        "serve TLS, on gRPC and HTTP alike, with the two files below (checked readable at start-up)",
     )
     grpc_cert_file: Path = setting(
         "GRPC_CERT_FILE",
@@ -637,6 +663,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if settings.embedded and not settings.model_repository.is_dir():
         raise ConfigError(f"MODEL_REPOSITORY={str(settings.model_repository)!r} is not a folder")
     _check_security(settings)
+    if settings.openai_http_port and settings.openai_http_port in (settings.grpc_port, settings.metrics_port):
+        raise ConfigError(
+            f"OPENAI_HTTP_PORT={settings.openai_http_port} is also GRPC_PORT or METRICS_PORT: give each server its own"
+        )
     if settings.triton_url and "://" in settings.triton_url:
         raise ConfigError(f"TRITON_URL={settings.triton_url!r} must be host:port (Triton's gRPC endpoint), no scheme")
     return settings

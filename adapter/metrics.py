@@ -84,6 +84,21 @@ class AdapterMetrics:
         self._memory_budget = Gauge(
             "adapter_memory_budget_bytes", "Memory the scheduler may fill with models", registry=r
         )
+        self._http_requests = Counter(
+            "adapter_http_requests_total",
+            "HTTP requests (the OpenAI-compatible front) finished, by route template, method and status"
+            " (499: the client disconnected first)",
+            ("route", "method", "status"),
+            registry=r,
+        )
+        self._http_duration = Histogram(
+            "adapter_http_request_duration_seconds",
+            "HTTP request time in the adapter; streams until their last event",
+            ("route",),
+            buckets=RPC_DURATION_BUCKETS,
+            registry=r,
+        )
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # Per full method name ("/pkg.Service/Method"), so a call costs two dict lookups.
         self._rpc_stats: dict[str, _RpcStats] = {}
         self._http: tuple[WSGIServer, threading.Thread] | None = None
@@ -118,6 +133,20 @@ class AdapterMetrics:
 
     def set_budget(self, budget_bytes: int) -> None:
         self._memory_budget.set(budget_bytes)
+
+    # HTTP requests.
+
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One finished HTTP request; `route` is a route template (or "unmatched"), never a raw path."""
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self._http_requests.labels(route, method, str(status)),
+                self._http_duration.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     # Exposition.
 

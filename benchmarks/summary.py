@@ -37,6 +37,15 @@ def main() -> None:
                     f"  {row['model']:13s} {row['rpc']:8s} {row['streams']:>3s} streams: {row['ratio chunks/s']} "
                     f"chunks/s, TTFC p50 / p99 {row['added TTFC p50 / p99 ms']} ms, {row['chunks/msg']} chunks/msg"
                 )
+    front = RESULTS / "openai_front.md"
+    if front.exists():
+        print("Streamed chat, HTTP front / gRPC front (chunks/s; added time to first chunk):")
+        for row in _rows(front):
+            if row.get("HTTP / gRPC chunks/s"):
+                print(
+                    f"  {row['model']:13s} {row['streams']:>3s} streams: {row['HTTP / gRPC chunks/s']} chunks/s, "
+                    f"TTFC p50 / p99 {row['added TTFC p50 / p99 ms']} ms"
+                )
     batching = RESULTS / "batching.md"
     if batching.exists():
         print("Continuous batching, llm ChatStream (tokens/s, growth over 1 stream, adapter / direct):")

@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The gRPC adapter (inference.v1.InferenceService) for an external Triton (TRITON_URL).
+# The adapter (gRPC inference.v1.InferenceService and the OpenAI-compatible HTTP API) for an
+# external Triton (TRITON_URL).
 #
 # Build from the repository root (docker-compose.grpc.yml does this):
 #   docker build -f docker/adapter.Dockerfile -t inference-platform/adapter:0.1.0 .
@@ -27,6 +28,12 @@ RUN pip install --no-cache-dir \
         numpy==1.26.4 \
         prometheus-client==0.23.1 \
         Pillow==13.0.0 \
+        fastapi==0.165.0 \
+        starlette==1.10.0 \
+        pydantic==2.14.4 \
+        uvicorn==0.54.0 \
+        httptools==0.9.0 \
+        python-multipart==0.0.34 \
         jsonschema==4.26.0 \
         Jinja2==3.1.6 \
         huggingface_hub==2.4.0
@@ -62,8 +69,9 @@ COPY docker/adapter_healthcheck.py /usr/local/bin/adapter-healthcheck
 
 USER ${APP_UID}:${APP_GID}
 
-# 50051 gRPC (GRPC_PORT), 9464 the adapter's Prometheus metrics (METRICS_PORT).
-EXPOSE 50051 9464
+# 50051 gRPC (GRPC_PORT), 8080 the OpenAI-compatible HTTP API (OPENAI_HTTP_PORT), 9464 the
+# adapter's Prometheus metrics (METRICS_PORT).
+EXPOSE 50051 8080 9464
 VOLUME ["/var/lib/inference/images"]
 
 # grpc.health.v1 Check on the adapter's own port (plaintext, or TLS when GRPC_USE_TLS is true).

@@ -59,6 +59,7 @@ class RunningAdapter:
     log_path: Path
     metrics_url: str = ""
     credentials: grpc.ChannelCredentials | None = None  # TLS adapters: how clients connect
+    http_url: str = ""  # the OpenAI-compatible front: "http://127.0.0.1:PORT" ("" when turned off)
 
     def channel(self) -> grpc.Channel:
         if self.credentials is None:
@@ -92,6 +93,7 @@ def start_adapter(
     `credentials`: the adapter serves TLS; clients (and the readiness wait) connect with these.
     `serving=False`: return once health answers at all (NOT_SERVING too: a Triton that is down)."""
     port, triton_port, metrics_port, adapter_metrics_port = free_port(), free_port(), free_port(), free_port()
+    http_port = free_port()
     repository = {}
     if test_models:
         repository["MODEL_REPOSITORY"] = str(compose_model_repository(log_path.parent / "model_repository"))
@@ -103,9 +105,12 @@ def start_adapter(
         "EMBEDDED_TRITON_GRPC_PORT": str(triton_port),
         "EMBEDDED_TRITON_METRICS_PORT": str(metrics_port),
         "METRICS_PORT": str(adapter_metrics_port),
+        "OPENAI_HTTP_PORT": str(http_port),
         "LLM_MODEL_ID": str(TINY_LLM),
         **(env or {}),
     }
+    http_port = int(full_env["OPENAI_HTTP_PORT"])
+    scheme = "https" if full_env.get("GRPC_USE_TLS", "").lower() in ("1", "true", "yes", "on") else "http"
     log_file = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "adapter"], cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
@@ -118,6 +123,7 @@ def start_adapter(
         log_path=log_path,
         metrics_url=f"http://127.0.0.1:{adapter_metrics_port}/metrics",
         credentials=credentials,
+        http_url=f"{scheme}://127.0.0.1:{http_port}" if http_port else "",
     )
     wait_until_serving(adapter, wait_s, serving)
     return adapter

@@ -28,6 +28,11 @@ class ImageService:
         digest = await asyncio.to_thread(image_inputs.fingerprint, spec) if spec.request_id else ""
         return await self._jobs.submit(spec, digest)
 
+    async def cancel(self, job_id: str, reason: str) -> bool:
+        """Stops a queued or running job: it ends FAILED with `reason`, and its request_id is free for
+        a new job. False when the job had already finished (or is unknown)."""
+        return await self._jobs.cancel(job_id, reason)
+
     async def status(self, job_id: str) -> t.ImageJobStatus:
         view = await self._jobs.status(job_id)
         record = view.record

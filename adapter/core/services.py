@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from adapter.core.embedding import EmbeddingService
 from adapter.core.images import ImageService
 from adapter.core.memory import MemoryService
+from adapter.core.models import ModelService
 from adapter.core.text_generation import TextGenerationService
 
 
@@ -16,3 +17,4 @@ class CoreServices:
     embedding: EmbeddingService
     images: ImageService
     memory: MemoryService
+    models: ModelService

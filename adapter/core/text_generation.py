@@ -23,12 +23,14 @@ class TextGenerationService:
         self._scheduler = scheduler
         self._max_prompt_chars = max_prompt_chars  # 0: no limit here (the model checks its context)
 
-    def chat(self, request: t.ChatRequest) -> AsyncIterator[t.TextDelta]:
-        """Checked at once (before the first delta is awaited): a bad request fails the call itself."""
+    def chat(self, request: t.ChatRequest, options_prefix: str = "options.") -> AsyncIterator[t.TextDelta]:
+        """Checked at once (before the first delta is awaited): a bad request fails the call itself.
+        `options_prefix`: how the caller's front names the options' fields in messages ("" over HTTP,
+        where they sit at the top level of the request)."""
         model = validation.require_model(request.model)
         messages = validation.chat_messages(request.messages)
         validation.prompt_size(sum(len(m["content"]) for m in messages), self._max_prompt_chars)
-        validation.sampling_parameters(request.options, None)  # fail fast, before any load
+        validation.sampling_parameters(request.options, None, options_prefix)  # fail fast, before any load
         tools = validation.tools(request.tools)
         tool_choice = validation.tool_choice(request.tool_choice, request.tools)
         guided = validation.guided_decoding(request.response_format)
@@ -48,32 +50,41 @@ class TextGenerationService:
             ),
             request.options,
             request.keep_alive,
+            options_prefix,
         )
 
-    def generate(self, request: t.GenerateRequest) -> AsyncIterator[t.TextDelta]:
+    def generate(self, request: t.GenerateRequest, options_prefix: str = "options.") -> AsyncIterator[t.TextDelta]:
         model = validation.require_model(request.model)
         prompt = validation.prompt_text(request.prompt)
         validation.prompt_size(len(prompt), self._max_prompt_chars)
-        validation.sampling_parameters(request.options, None)
+        validation.sampling_parameters(request.options, None, options_prefix)
         return self._stream(
-            TextGenerationRequest(model=model, sampling={}, prompt=prompt), request.options, request.keep_alive
+            TextGenerationRequest(model=model, sampling={}, prompt=prompt),
+            request.options,
+            request.keep_alive,
+            options_prefix,
         )
 
     async def _stream(
-        self, request: TextGenerationRequest, options: t.GenerationOptions, keep_alive: t.KeepAlive
+        self, request: TextGenerationRequest, options: t.GenerationOptions, keep_alive: t.KeepAlive, prefix: str
     ) -> AsyncIterator[t.TextDelta]:
         arrived = time.monotonic()
         async with self._scheduler.use(request.model, keep_alive) as load_seconds:
-            async for delta in self._generate(request, options, arrived, load_seconds):
+            async for delta in self._generate(request, options, arrived, load_seconds, prefix):
                 yield delta
 
     async def _generate(
-        self, request: TextGenerationRequest, options: t.GenerationOptions, arrived: float, load_seconds: float
+        self,
+        request: TextGenerationRequest,
+        options: t.GenerationOptions,
+        arrived: float,
+        load_seconds: float,
+        prefix: str,
     ) -> AsyncIterator[t.TextDelta]:
         call = "generate" if request.messages is None else "chat with tools" if request.tools else "chat"
         info, interface = await self._gateway.text_interface(request.model, call)
         limit = info.parameters.get("max_tokens_limit")
-        sampling = validation.sampling_parameters(options, int(limit) if limit else None)
+        sampling = validation.sampling_parameters(options, int(limit) if limit else None, prefix)
         if request.guided_decoding is not None:
             sampling["guided_decoding"] = request.guided_decoding
         request = dataclasses.replace(request, sampling=sampling)

@@ -241,6 +241,17 @@ class ImageJobStatus:
     finished_at: float | None
 
 
+# ---- models --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    id: str
+    state: ModelState
+    reason: str  # why the last load failed, when it did
+    created: float  # Unix seconds: when this adapter first saw the model
+
+
 # ---- memory --------------------------------------------------------------------------------
 
 

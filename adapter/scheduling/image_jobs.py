@@ -32,6 +32,8 @@ class _LiveJob:
     step: int = 0
     total_steps: int = 0
     started: bool = False  # reached the model: no longer counted as queued work for it
+    cancelled: str = ""  # why it was cancelled (the worker skips or stops it); "" while wanted
+    task: asyncio.Task[None] | None = None  # while running
 
 
 @dataclass(frozen=True)
@@ -164,12 +166,37 @@ class ImageJobService:
         images = await self._store.images(record) if record.state == "succeeded" else []
         return JobView(record, images)
 
+    async def cancel(self, job_id: str, reason: str) -> bool:
+        """Stops a queued or running job (its Triton request is cancelled); it ends FAILED with
+        `reason` and its request_id is freed. False when the job is not queued or running."""
+        job = self._live.get(job_id)
+        if job is None or job.cancelled or (job.task is not None and job.task.done()):
+            return False
+        job.cancelled = reason
+        if job.task is not None:
+            job.task.cancel()  # _run records the cancellation
+        else:  # still queued: the worker that takes it skips it
+            self._live.pop(job_id, None)
+            await self._store.cancel(job_id, reason, 0, 0)
+        log.info("image job %s cancelled: %s", job_id, reason)
+        return True
+
     async def _worker(self) -> None:
         while True:
             job = await self._queue.get()
             self._queued -= 1
             try:
-                await self._run(job)
+                if not job.cancelled:
+                    # Its own task, so that cancelling the job leaves the worker running.
+                    job.task = asyncio.get_running_loop().create_task(self._run(job))
+                    try:
+                        await asyncio.wait([job.task])
+                    except asyncio.CancelledError:
+                        job.task.cancel()  # shutting down: the job's Triton request goes too
+                        await asyncio.wait([job.task])
+                        raise
+                    if job.cancelled:  # however the job ended once cancelled, it ends with the reason
+                        await self._store.cancel(job.record.id, job.cancelled, job.step, job.total_steps)
             finally:
                 if not job.started:  # failed or cancelled before it reached the model
                     self._scheduler.add_queued(job.spec.model, -1)
@@ -201,7 +228,7 @@ class ImageJobService:
             await self._store.fail(job_id, err.message, job.step, job.total_steps)
             log.info("image job %s failed: %s", job_id, err.message)
         except asyncio.CancelledError:
-            raise  # shutting down: the next start marks the job interrupted
+            raise  # shutting down (the next start marks the job interrupted), or cancelled: the worker records it
         except Exception as err:  # noqa: BLE001 - the job fails; the worker lives on
             incident = uuid.uuid4().hex[:12]
             log.error("image job %s failed unexpectedly (incident %s)", job_id, incident, exc_info=err)

@@ -164,6 +164,17 @@ class JobStore:
             )
         )
 
+    async def cancel(self, job_id: str, error: str, step: int, total_steps: int) -> None:
+        """Fails the job with `error` and frees its request_id: a retry under the same id after the
+        client gave up starts a new job instead of finding this one."""
+        await self._run(
+            lambda: self.db.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, step = ?, total_steps = ?, finished_at = ?, "
+                "request_id = NULL WHERE id = ?",
+                (error, step, total_steps, time.time(), job_id),
+            )
+        )
+
     async def succeed(self, job_id: str, pngs: list[bytes], sizes: list[tuple[int, int]], total_steps: int) -> None:
         await self._run(self._succeed, job_id, pngs, sizes, total_steps)
 

@@ -296,6 +296,9 @@ def _check_compose_adapter(
     ]
     if grpc_port not in published:
         report.add("compose", where, f"{label}: the gRPC port {grpc_port} is not published")
+    http_port = environment.get("OPENAI_HTTP_PORT", "8080")
+    if http_port != "0" and http_port not in published:
+        report.add("compose", where, f"{label}: the OpenAI HTTP port {http_port} (OPENAI_HTTP_PORT) is not published")
     healthcheck = " ".join(map(str, (adapter.get("healthcheck") or {}).get("test") or []))
     if "healthcheck" not in healthcheck and "grpc" not in healthcheck:
         report.add("compose", where, f"{label}: the healthcheck must speak grpc.health.v1 (adapter-healthcheck)")

@@ -156,6 +156,7 @@ def _check_k8s_semantics(
                         path,
                         f"{name}: Triton gets {variable}, which neither the models nor huggingface/torch read",
                     )
+        http_ports: set[str] = set()
         for container in adapters:
             for kind in ("readinessProbe", "startupProbe"):
                 if "grpc" not in (container.get(kind) or {}):
@@ -166,7 +167,18 @@ def _check_k8s_semantics(
             values = {e.get("name"): e.get("value") for e in container.get("env") or []}
             if not str(values.get("TRITON_URL", "")).endswith(":8001"):
                 report.add("k8s", path, f"{name}: the adapter's TRITON_URL must point at Triton's gRPC port 8001")
+            http_port = str(values.get("OPENAI_HTTP_PORT", "8080"))
+            if http_port != "0":
+                http_ports.add(http_port)
+                declared = {str(p.get("containerPort")) for p in container.get("ports") or []}
+                if http_port not in declared:
+                    report.add(
+                        "k8s",
+                        path,
+                        f"{name}: the adapter serves HTTP on {http_port} (OPENAI_HTTP_PORT) but declares no such port",
+                    )
         _check_k8s_services(paths, resources, pod_labels, name, report, pod_spec)
+        _check_http_exposure(paths, resources, pod_labels, name, http_ports, report)
 
 
 def _env_names(container: Mapping[str, Any], config_maps: Mapping[Any, Mapping[str, Any]]) -> set[str]:
@@ -175,6 +187,37 @@ def _env_names(container: Mapping[str, Any], config_maps: Mapping[Any, Mapping[s
         ref = (source.get("configMapRef") or {}).get("name")
         names |= {str(key) for key in config_maps.get(ref, {})}
     return names
+
+
+def _check_http_exposure(
+    paths: Paths,
+    resources: list[tuple[Path, dict[str, Any]]],
+    pod_labels: Mapping[str, Any],
+    name: str,
+    http_ports: set[str],
+    report: Report,
+) -> None:
+    """The OpenAI HTTP port is reachable: a Service targets it and the NetworkPolicy lets it in."""
+    for port in sorted(http_ports):
+        targeted = {
+            str(p.get("targetPort", p.get("port")))
+            for _, d in resources
+            if d.get("kind") == "Service" and _matches(d["spec"].get("selector"), pod_labels)
+            for p in d["spec"].get("ports") or []
+        }
+        if port not in targeted:
+            report.add(
+                "k8s", paths.k8s, f"{name}: no Service targets the adapter's HTTP port {port} (OPENAI_HTTP_PORT)"
+            )
+        policies = [d for _, d in resources if d.get("kind") == "NetworkPolicy"]
+        allowed = {
+            str(p.get("port"))
+            for policy in policies
+            for rule in (policy.get("spec") or {}).get("ingress") or []
+            for p in rule.get("ports") or []
+        }
+        if policies and port not in allowed:
+            report.add("k8s", paths.k8s, f"{name}: the NetworkPolicy does not let clients reach HTTP port {port}")
 
 
 def _check_k8s_services(

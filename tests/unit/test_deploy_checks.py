@@ -554,3 +554,28 @@ def test_vllm_holds_the_overlay_to_the_base_checks_with_vllms_variables(root: Pa
     )
     # What vLLM reads is allowed (HOME, VLLM_*), and the variables only our models read were deleted.
     assert not any("HOME" in p or "LLM_MODEL_ID" in p for p in found), found
+
+
+# --- the OpenAI-compatible HTTP port --------------------------------------------------------------
+
+
+def test_compose_catches_the_http_port_left_unpublished(root: Path, new_problems: NewProblems) -> None:
+    compose = root / "docker-compose.grpc.yml"
+    published = '      - "${ADAPTER_PUBLISH_ADDRESS:-0.0.0.0}:${OPENAI_HTTP_PORT:-8080}:${OPENAI_HTTP_PORT:-8080}"\n'
+    found = new_problems(root, "compose", lambda: edit(compose, published, ""))
+    assert any("the OpenAI HTTP port 8080 (OPENAI_HTTP_PORT) is not published" in p for p in found), found
+
+
+def test_k8s_catches_the_http_port_undeclared_unserviced_or_blocked(root: Path, new_problems: NewProblems) -> None:
+    k8s = root / "docker" / "k8s"
+    container_port = "            - name: http\n              containerPort: 8080\n              protocol: TCP\n"
+    found = new_problems(root, "k8s", lambda: edit(k8s / "statefulset.yaml", container_port, ""))
+    assert any("serves HTTP on 8080 (OPENAI_HTTP_PORT) but declares no such port" in p for p in found), found
+    found = new_problems(
+        root, "k8s", lambda: edit(k8s / "service.yaml", "      targetPort: 8080\n", "      targetPort: 8081\n")
+    )
+    assert any("no Service targets the adapter's HTTP port 8080" in p for p in found), found
+    found = new_problems(
+        root, "k8s", lambda: edit(k8s / "networkpolicy.yaml", "        - port: 8080\n          protocol: TCP\n", "")
+    )
+    assert any("NetworkPolicy does not let clients reach HTTP port 8080" in p for p in found), found
