@@ -17,7 +17,7 @@ help:
 	@echo "make run    - build everything needed, then serve the adapter (embedded Triton): gRPC :50051, OpenAI HTTP :8080"
 	@echo "make test   - build everything needed, then run every test (Python and Go)"
 	@echo "make lint   - ruff (check and format), mypy --strict, buf lint, gofmt, go vet"
-	@echo "make check-deploy - offline checks of docker/, docker-compose.grpc.yml and docker/k8s"
+	@echo "make check-deploy - offline checks of docker/, docker-compose.grpc.yml, docker/k8s and docker/vllm"
 	@echo "make proto  - regenerate Python and Go code from proto/"
 	@echo "make bench  - benchmarks: adapter vs Triton direct (tables in benchmarks/results/)"
 

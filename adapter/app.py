@@ -24,6 +24,7 @@ from adapter.openai_front.server import OpenAIFront
 from adapter.scheduling.image_jobs import ImageJobService
 from adapter.scheduling.job_store import JobStore
 from adapter.scheduling.scheduler import ModelSlot, NoGpuMetrics, Scheduler
+from adapter.triton.chat_templates import ChatTemplates
 from adapter.triton.embedded import EmbeddedTriton, EmbeddedTritonOptions
 from adapter.triton.gateway import TritonGateway
 from adapter.triton.health import TritonHealthWatcher
@@ -76,7 +77,10 @@ class Adapter:
             host = s.triton_url.rsplit(":", 1)[0]
             triton_url, metrics_url = s.triton_url, s.triton_metrics_url or f"http://{host}:8002/metrics"
         self.gateway = TritonGateway(
-            triton_url, s.model_load_timeout_s, stub_pids=self.triton.stub_pids if self.triton else None
+            triton_url,
+            s.model_load_timeout_s,
+            stub_pids=self.triton.stub_pids if self.triton else None,
+            chat_templates=ChatTemplates(s.model_repository, s.tokenizer_cache_dir, s.hf_token),
         )
         probe = TritonMemoryProbe(metrics_url)
         self.scheduler = Scheduler(

@@ -356,8 +356,28 @@ class Settings:
         REPO_ROOT / "model_repository",
         Path,
         "a folder",
-        "the embedded Triton's model repository",
+        "the model repository: the embedded Triton's, and where the adapter reads the models' config.pbtxt"
+        " (memory estimates; a relative `tokenizer` folder is relative to its model's folder here)",
         shown_default="`./model_repository`",
+    )
+    # Chats for models that take a raw prompt (vLLM-backend models): the chat template of the
+    # tokenizer their config.pbtxt names (`tokenizer` parameter), fetched from the hub for a hub id.
+    tokenizer_cache_dir: Path | None = setting(
+        "TOKENIZER_CACHE_DIR",
+        None,
+        Path,
+        "a folder",
+        "where tokenizer configs fetched from the Hugging Face hub are cached (chat templates of models "
+        "without `messages`)",
+        shown_default="huggingface_hub's (`~/.cache/huggingface/hub`)",
+    )
+    hf_token: str = setting(
+        "HF_TOKEN",
+        "",
+        _text,
+        "a token",
+        "Hugging Face token for a gated or private model's tokenizer (chat templates); never logged",
+        secret=True,
     )
     embedded_triton_grpc_port: int = setting(
         "EMBEDDED_TRITON_GRPC_PORT",

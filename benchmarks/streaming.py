@@ -37,6 +37,7 @@ import tritonclient.grpc.aio as triton_aio
 
 from adapter.gen.inference.v1 import inference_pb2 as pb
 from adapter.gen.inference.v1 import inference_pb2_grpc as pb_grpc
+from adapter.triton.tensors import TEXT_SWITCHES
 from benchmarks.loadgen import StreamResult, closed_loop_streams, merge_streams
 from tests.harness import build_small_models, start_adapter, stop_adapter
 
@@ -68,6 +69,12 @@ def _bytes_input(name: str, value: str) -> triton_aio.InferInput:
     return tensor
 
 
+def _true_input(name: str) -> triton_aio.InferInput:
+    tensor = triton_aio.InferInput(name, [1], "BOOL")
+    tensor.set_data_from_numpy(np.array([True]))
+    return tensor
+
+
 def _first_bytes(raw: bytes) -> bytes:
     """The first element of a raw BYTES tensor (uint32 length, then the bytes)."""
     length = int.from_bytes(raw[:4], "little")
@@ -77,9 +84,10 @@ def _first_bytes(raw: bytes) -> bytes:
 class Paths:
     """Opens one stream per call through each path; yields (text chunks, final) per message.
 
-    count_tokens: count generated tokens instead (benchmarks/batching.py): each message with text
-    counts one, and the final one adds what the request's completion token count says the earlier
-    messages did not carry (the model and the adapter merge tokens' text under load)."""
+    count_tokens: count generated tokens instead (benchmarks/batching.py): straight from Triton each
+    response's num_output_tokens; through the adapter each message with text counts one, and the
+    final one adds what the request's completion token count says the earlier messages did not carry
+    (the model and the adapter merge tokens' text under load)."""
 
     def __init__(
         self, adapter_address: str, triton_url: str, model: str, rpc: str, max_tokens: int, count_tokens: bool = False
@@ -98,8 +106,13 @@ class Paths:
         else:
             self._request = pb.GenerateStreamRequest(model=model, prompt=PROMPT, options=options)
             second = _bytes_input("text_input", PROMPT)
-        # What TritonGateway.stream_text sends for these options.
-        self._inputs = [_bytes_input("sampling_parameters", json.dumps({"max_tokens": max_tokens})), second]
+        # What TritonGateway.stream_text sends for these options: the dialect's switches all on
+        # (streamed, no prompt in front, finish_reason and token counts).
+        self._inputs = [
+            _bytes_input("sampling_parameters", json.dumps({"max_tokens": max_tokens})),
+            second,
+            *(_true_input(name) for name in TEXT_SWITCHES),
+        ]
 
     async def close(self) -> None:
         await self._channel.close()
@@ -128,7 +141,7 @@ class Paths:
             yield {"model_name": self.model, "inputs": self._inputs}
 
         responses = self._triton.stream_infer(one_request(), headers=STREAM_HEADERS)
-        done, seen = False, 0
+        done = False
         try:
             async for result, error in responses:
                 if error is not None:
@@ -140,13 +153,11 @@ class Paths:
                     if output.name == "text_output":
                         text = _first_bytes(response.raw_output_contents[i])
                     elif output.name == "finish_reason":
-                        done = True
-                    elif output.name == "completion_tokens":
+                        # "None" until the last response (vLLM's dialect).
+                        done = _first_bytes(response.raw_output_contents[i]) != b"None"
+                    elif output.name == "num_output_tokens":
                         tokens = int.from_bytes(response.raw_output_contents[i][:4], "little")
-                count = self.count(text)
-                if done and self.count_tokens:
-                    count = max(count, tokens - seen)
-                seen += count
+                count = tokens if self.count_tokens else self.count(text)
                 yield count, done
                 if done:
                     return

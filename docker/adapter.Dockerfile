@@ -34,7 +34,9 @@ RUN pip install --no-cache-dir \
         uvicorn==0.54.0 \
         httptools==0.9.0 \
         python-multipart==0.0.34 \
-        jsonschema==4.26.0
+        jsonschema==4.26.0 \
+        Jinja2==3.1.6 \
+        huggingface_hub==2.4.0
 
 # ---- runtime: the virtualenv, the adapter's code, a non-root user ----
 FROM python:3.11.11-slim-bookworm AS runtime

@@ -19,12 +19,12 @@ from transformers import LogitsProcessor
 from model_runtime import sampling_limits
 from model_runtime.json_values import finite_number
 
+# Re-exported: batching.py, the models and the tests import them from here.
+from model_runtime.requests import InvalidRequest as InvalidRequest
+from model_runtime.stop_sequences import StopSequenceBuffer as StopSequenceBuffer
+
 MAX_STOP_SEQUENCES = 16
 VALID_ROLES = ("system", "user", "assistant")
-
-
-class InvalidRequest(ValueError):
-    """A request the model refuses; the message names the field (becomes INVALID_ARG)."""
 
 
 @dataclass(frozen=True)
@@ -257,37 +257,3 @@ class SeededSampler(LogitsProcessor):
             counts = torch.zeros_like(logits).scatter_add_(1, generated, torch.ones_like(generated, dtype=logits.dtype))
             logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
         return logits
-
-
-class StopSequenceBuffer:
-    """Releases streamed text, holding back only what could still become a stop sequence."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
-        self.pending = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """Adds text; returns (text safe to emit, whether a stop sequence was met)."""
-        self.pending += text
-        if not self.stops:
-            emit, self.pending = self.pending, ""
-            return emit, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            emit = self.pending[: min(hits)]
-            self.pending = ""
-            return emit, True
-        hold = 0
-        for k in range(min(len(self.pending), max(len(s) for s in self.stops) - 1), 0, -1):
-            tail = self.pending[-k:]
-            if any(s.startswith(tail) for s in self.stops):
-                hold = k
-                break
-        emit = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(emit) :]
-        return emit, False
-
-    def flush(self) -> str:
-        """The text still held when generation ends without a stop sequence."""
-        rest, self.pending = self.pending, ""
-        return rest

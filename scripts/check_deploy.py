@@ -2,9 +2,9 @@
 """Static checks of the deployment files, offline: `make check-deploy`.
 
 The entry point; the checks live in scripts/deploy_checks/, one module per check (hadolint,
-compose, k8s, drift, gpu): see that package's docstring for what each one asserts.
+compose, k8s, drift, gpu, vllm): see that package's docstring for what each one asserts.
 
-Usage: python scripts/check_deploy.py [--root DIR] [--only hadolint,compose,k8s,drift,gpu]
+Usage: python scripts/check_deploy.py [--root DIR] [--only hadolint,compose,k8s,drift,gpu,vllm]
 Exit status 0 when every check passes, 1 when any problem is found, 2 when a tool is missing.
 """
 

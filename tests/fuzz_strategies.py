@@ -272,7 +272,9 @@ def is_finite(value: float) -> bool:
 
 # ---- per request type -------------------------------------------------------------------------
 
-TEXT_MODELS = {"llm": 3, "chunk_counter": 64}  # real text models -> most tokens a valid request asks
+# real text models -> most tokens a valid request asks (vllm_dialect: a vLLM-backend model, its chats
+# rendered by the adapter with a chat template)
+TEXT_MODELS = {"llm": 3, "chunk_counter": 64, "vllm_dialect": 8}
 
 
 def cap_text_request(request: Any) -> Any:

@@ -82,13 +82,18 @@ class TextGenerationService:
         prefix: str,
     ) -> AsyncIterator[t.TextDelta]:
         call = "generate" if request.messages is None else "chat with tools" if request.tools else "chat"
-        limit = (await self._gateway.require_interface(request.model, call)).parameters.get("max_tokens_limit")
+        info, interface = await self._gateway.text_interface(request.model, call)
+        limit = info.parameters.get("max_tokens_limit")
         sampling = validation.sampling_parameters(options, int(limit) if limit else None, prefix)
         if request.guided_decoding is not None:
             sampling["guided_decoding"] = request.guided_decoding
         request = dataclasses.replace(request, sampling=sampling)
+        if request.messages is not None and not interface.messages:
+            # A model that takes a raw prompt: the chat rendered as its chat template says.
+            prompt = await self._gateway.chat_prompt(request.model, info, request.messages)
+            request = dataclasses.replace(request, prompt=prompt, messages=None)
         first_token_at: float | None = None
-        async for chunk in self._gateway.stream_text(request):
+        async for chunk in self._gateway.stream_text(request, interface):
             if (chunk.text or chunk.tool_calls) and first_token_at is None:
                 first_token_at = time.monotonic()
             calls = tuple(_tool_call_delta(c) for c in chunk.tool_calls)

@@ -46,6 +46,12 @@ _TRITON_REQUEST_CHECKS = (
 )
 
 
+# vLLM's backend reports every failure with Triton's default code, INTERNAL ("Error generating
+# stream: ..."); these are the ones that mean the request asked too much of the model, a client's
+# error: the prompt does not fit the model's context (vLLM's input checks, v0 and v1).
+_VLLM_REQUEST_ERRORS = ("longer than the maximum model length",)
+
+
 def triton_status(err: BaseException) -> grpc.StatusCode | None:
     """The gRPC code of an error raised by tritonclient (aio call errors or its own exception)."""
     if isinstance(err, grpc.aio.AioRpcError):
@@ -79,6 +85,8 @@ def from_triton(err: BaseException, context: str) -> AdapterError:
     # UNIMPLEMENTED: Triton cannot serve this kind of call with that model (a streaming model asked
     # for embeddings); a failed request check: the model takes other inputs than this RPC sends.
     wrong_kind = code == Code.INVALID_ARGUMENT and any(check in message for check in _TRITON_REQUEST_CHECKS)
+    if code in (Code.INTERNAL, Code.UNKNOWN, None) and any(check in message for check in _VLLM_REQUEST_ERRORS):
+        return InvalidArgument(f"the prompt is longer than the model's context ({context}): {message}")
     if code == Code.UNIMPLEMENTED or wrong_kind:
         return InvalidArgument(
             f"the model cannot serve this call ({context}): it is not a model of the kind this RPC needs; "

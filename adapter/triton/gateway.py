@@ -22,9 +22,26 @@ from tritonclient.utils import InferenceServerException
 from adapter.core import errors
 from adapter.triton import errors as triton_errors
 from adapter.triton import procfs, text_stream
+from adapter.triton.chat_templates import ChatTemplates
 from adapter.triton.embedding_coalescer import EmbeddingCoalescer
-from adapter.triton.tensors import INTERFACES, STREAM_HEADERS, raw_bytes
-from adapter.triton.types import EmbeddingRows, ImageProgress, ModelInfo, TextChunk, TextGenerationRequest
+from adapter.triton.tensors import (
+    INTERFACES,
+    MESSAGES,
+    STREAM_HEADERS,
+    TEXT_INPUT,
+    TEXT_OUTPUT,
+    TEXT_SWITCHES,
+    TOKENIZER_PARAMETER,
+    raw_bytes,
+)
+from adapter.triton.types import (
+    EmbeddingRows,
+    ImageProgress,
+    ModelInfo,
+    TextChunk,
+    TextGenerationRequest,
+    TextInterface,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +68,16 @@ CHANNEL_OPTIONS = [
 
 
 class TritonGateway:
-    def __init__(self, url: str, load_timeout_s: float, stub_pids: Callable[[str], set[int]] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        load_timeout_s: float,
+        stub_pids: Callable[[str], set[int]] | None = None,
+        chat_templates: ChatTemplates | None = None,
+    ) -> None:
         self.url = url
+        # The chat templates of models that take a raw prompt (no `messages` input).
+        self._chat_templates = chat_templates or ChatTemplates(None)
         # Embedded Triton only: the processes serving a model, to wait for their exit on unload.
         self._stub_pids = stub_pids
         self._client = triton_grpc.InferenceServerClient(url, channel_args=CHANNEL_OPTIONS)
@@ -161,6 +186,35 @@ class TritonGateway:
                 "pick a model of that kind"
             )
         return info
+
+    async def text_interface(self, model: str, call: str) -> tuple[ModelInfo, TextInterface]:
+        """How to drive `model` for `call` ("chat", "chat with tools" or "generate"), from its loaded
+        config: the vLLM-backend dialect's switches it declares, and whether it renders chats itself
+        (`messages`) or the adapter renders them with its tokenizer's chat template. INVALID_ARGUMENT
+        for a model that is no text model (no text_output); FAILED_PRECONDITION for a text model
+        this call cannot drive, naming what its config lacks."""
+        info = await self.model_info(model)
+        if TEXT_OUTPUT not in info.outputs or call == "chat with tools":
+            await self.require_interface(model, call)  # refuses it, naming what it lacks
+        switches = tuple(name for name in TEXT_SWITCHES if name in info.inputs)
+        if call != "generate" and MESSAGES in info.inputs:
+            return info, TextInterface(switches, messages=True)
+        if TEXT_INPUT not in info.inputs:
+            raise errors.FailedPrecondition(
+                f"model {model!r} declares {TEXT_OUTPUT} but takes neither {TEXT_INPUT} (a prompt, as Triton's LLM "
+                f"backends do) nor {MESSAGES} (a chat, our extension): its inputs are {sorted(info.inputs)}"
+            )
+        if call != "generate" and not info.parameters.get(TOKENIZER_PARAMETER):
+            raise errors.FailedPrecondition(
+                f"model {model!r} takes a raw prompt ({TEXT_INPUT}, no {MESSAGES} input) and its config.pbtxt names no "
+                "tokenizer whose chat template would render the conversation: add parameters { key: "
+                '"tokenizer" value: { string_value: "<hub id or folder>" } } to it, or use GenerateStream'
+            )
+        return info, TextInterface(switches, messages=False)
+
+    async def chat_prompt(self, model: str, info: ModelInfo, messages: list[dict[str, Any]]) -> str:
+        """The conversation rendered with the chat template of the model's `tokenizer` parameter."""
+        return await self._chat_templates.render(model, info.parameters[TOKENIZER_PARAMETER], messages)
 
     async def embed(self, model: str, texts: list[str], normalize: bool) -> EmbeddingRows:
         """Embeds texts in order, in requests of at most the model's max_batch_size, sent at once
@@ -280,8 +334,9 @@ class TritonGateway:
     def forget(self, model: str) -> None:
         """Drops what we cached about a model (it was unloaded or reloaded)."""
         self._model_info.pop(model, None)
+        self._chat_templates.forget(model)
 
-    def stream_text(self, request: TextGenerationRequest) -> AsyncIterator[TextChunk]:
-        """Streams the LLM model's responses (adapter/triton/text_stream.py); closing or cancelling
-        the consumer cancels the Triton request."""
-        return text_stream.stream_text(self._stub, request, self._inference_error)
+    def stream_text(self, request: TextGenerationRequest, interface: TextInterface) -> AsyncIterator[TextChunk]:
+        """Streams the LLM model's responses (adapter/triton/text_stream.py) in its dialect
+        (`text_interface`); closing or cancelling the consumer cancels the Triton request."""
+        return text_stream.stream_text(self._stub, request, interface, self._inference_error)

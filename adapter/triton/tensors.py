@@ -9,14 +9,36 @@ import struct
 STREAM_HEADERS = {"triton_grpc_error": "true"}
 
 
-# The LLM models (Triton's LLM-backend names, plus our `messages` extension).
+# The LLM models: Triton's vLLM-backend dialect (triton-inference-server/vllm_backend), plus our
+# `messages` extension (a model that renders chats itself).
 TEXT_INPUT = "text_input"
 MESSAGES = "messages"
 SAMPLING_PARAMETERS = "sampling_parameters"
+STREAM = "stream"
+EXCLUDE_INPUT_IN_OUTPUT = "exclude_input_in_output"
+RETURN_FINISH_REASON = "return_finish_reason"
+RETURN_NUM_INPUT_TOKENS = "return_num_input_tokens"
+RETURN_NUM_OUTPUT_TOKENS = "return_num_output_tokens"
 TEXT_OUTPUT = "text_output"
 FINISH_REASON = "finish_reason"
-PROMPT_TOKENS = "prompt_tokens"
-COMPLETION_TOKENS = "completion_tokens"
+NUM_INPUT_TOKENS = "num_input_tokens"
+NUM_OUTPUT_TOKENS = "num_output_tokens"  # per response: the tokens since the previous one
+# The dialect's BOOL switches the adapter sets to true wherever a model declares them: stream the
+# answer, without the prompt in front, with the finish reason and both token counts.
+TEXT_SWITCHES = (
+    STREAM,
+    EXCLUDE_INPUT_IN_OUTPUT,
+    RETURN_FINISH_REASON,
+    RETURN_NUM_INPUT_TOKENS,
+    RETURN_NUM_OUTPUT_TOKENS,
+)
+# Asks Triton to mark each response of a decoupled model final or not (triton_final_response): a
+# vLLM model's finish_reason says "None" until the end, and a model may end with a flags-only response.
+ENABLE_EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
+FINAL_RESPONSE = "triton_final_response"
+# A chat for a model without `messages` is rendered by the adapter with the chat template of the
+# tokenizer this config.pbtxt parameter names (a hub id or a folder).
+TOKENIZER_PARAMETER = "tokenizer"
 # Tool calling (with messages): OpenAI's tools and tool_choice as JSON in; tool-call deltas out.
 TOOLS = "tools"
 TOOL_CHOICE = "tool_choice"
@@ -58,6 +80,6 @@ def raw_bytes(values: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
-def raw_int32(raw: bytes) -> int:
-    """The first element of a raw INT32 tensor."""
-    return int.from_bytes(raw[:4], "little", signed=True)
+def raw_uint32(raw: bytes) -> int:
+    """The first element of a raw UINT32 tensor (vLLM's token counts; a 0-d tensor has just one)."""
+    return int.from_bytes(raw[:4], "little")

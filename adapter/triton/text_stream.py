@@ -1,6 +1,11 @@
 """The LLM model's text stream on a raw Triton `ModelStreamInfer` call: one request per call, its
 responses coalesced while the consumer is busy, cancelled when the consumer leaves early.
 
+The request and its responses speak Triton's vLLM-backend dialect (adapter/triton/tensors.py): the
+switches a model declares are sent true (streamed, without the prompt, with finish_reason and
+token counts), Triton marks the final response (triton_final_response), the counts are summed
+over the responses, and vLLM's finish reasons are said in ours.
+
 tritonclient's InferInput/InferResult wrappers (numpy per tensor, three `as_numpy` per response) cost
 more CPU per chunk than the rest of the adapter (py-spy; see benchmarks/results/streaming.md), so the
 request and responses are built and read here from Triton's generated protobufs directly.
@@ -22,10 +27,12 @@ from tritonclient.utils import InferenceServerException
 from adapter.core import errors
 from adapter.triton import errors as triton_errors
 from adapter.triton.tensors import (
-    COMPLETION_TOKENS,
+    ENABLE_EMPTY_FINAL_RESPONSE,
+    FINAL_RESPONSE,
     FINISH_REASON,
     MESSAGES,
-    PROMPT_TOKENS,
+    NUM_INPUT_TOKENS,
+    NUM_OUTPUT_TOKENS,
     SAMPLING_PARAMETERS,
     STREAM_HEADERS,
     TEXT_INPUT,
@@ -34,14 +41,20 @@ from adapter.triton.tensors import (
     TOOL_CHOICE,
     TOOLS,
     raw_bytes_element,
-    raw_int32,
+    raw_uint32,
 )
-from adapter.triton.types import TextChunk, TextGenerationRequest
+from adapter.triton.types import TextChunk, TextGenerationRequest, TextInterface
+
+# vLLM's finish reasons in ours; a reason not listed passes as it is (stop, length, tool_calls, ...).
+_FINISH_REASONS = {"abort": "cancelled"}
+# What a vLLM model puts in finish_reason before the last response (str(None)).
+_UNFINISHED = b"None"
 
 
 async def stream_text(
     stub: service_pb2_grpc.GRPCInferenceServiceStub,
     request: TextGenerationRequest,
+    interface: TextInterface,
     inference_error: Callable[[BaseException, str, str], errors.AdapterError],
 ) -> AsyncIterator[TextChunk]:
     """Streams the LLM model's responses; cancelling the consumer cancels the Triton request.
@@ -52,8 +65,9 @@ async def stream_text(
     (numpy per tensor, three `as_numpy` per response) cost more CPU per chunk than the rest of
     the adapter (py-spy; see benchmarks/results/streaming.md).
     """
-    stream = _TextStream(stub, _text_request(request))
+    stream = _TextStream(stub, _text_request(request, interface))
     final_seen = False
+    prompt_tokens = completion_tokens = 0
     try:
         while True:
             try:
@@ -72,8 +86,11 @@ async def stream_text(
                     final_seen = True
                     refusal = InferenceServerException(msg=response.error_message)
                     raise triton_errors.from_triton(refusal, f"streaming from {request.model!r}") from None
-                text, tool_calls, final = _text_response(response)
-                if final is None:
+                text, tool_calls, reason, input_tokens, output_tokens = _text_response(response)
+                completion_tokens += output_tokens
+                if input_tokens is not None:
+                    prompt_tokens = input_tokens  # the same on every response that carries it
+                if not response.infer_response.parameters[FINAL_RESPONSE].bool_param:
                     texts.append(text)
                     calls.extend(tool_calls)
                     continue
@@ -81,10 +98,9 @@ async def stream_text(
                     yield TextChunk(text=b"".join(texts).decode("utf-8"), tool_calls=tuple(calls))
                     texts, calls = [], []
                 final_seen = True
-                reason, prompt_tokens, completion_tokens = final
                 yield TextChunk(
                     text=text.decode("utf-8"),
-                    finish_reason=reason,
+                    finish_reason=_FINISH_REASONS.get(reason, reason) if reason else "unknown",
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
                     tool_calls=tuple(tool_calls),
@@ -138,8 +154,13 @@ def _text_stream_closed(_: asyncio.Task[None]) -> None:
     _open_text_streams -= 1
 
 
-def _text_request(request: TextGenerationRequest) -> service_pb2.ModelInferRequest:
+# A raw BOOL tensor of one true element.
+_TRUE = b"\x01"
+
+
+def _text_request(request: TextGenerationRequest, interface: TextInterface) -> service_pb2.ModelInferRequest:
     triton_request = service_pb2.ModelInferRequest(model_name=request.model)
+    triton_request.parameters[ENABLE_EMPTY_FINAL_RESPONSE].bool_param = True
     inputs = [(SAMPLING_PARAMETERS, json.dumps(request.sampling))]
     if request.messages is not None:
         inputs.append((MESSAGES, json.dumps(request.messages)))
@@ -155,37 +176,44 @@ def _text_request(request: TextGenerationRequest) -> service_pb2.ModelInferReque
         tensor.shape.append(1)
         encoded = value.encode("utf-8")
         triton_request.raw_input_contents.append(struct.pack("<I", len(encoded)) + encoded)
+    for name in interface.switches:
+        tensor = triton_request.inputs.add()
+        tensor.name, tensor.datatype = name, "BOOL"
+        tensor.shape.append(1)
+        triton_request.raw_input_contents.append(_TRUE)
     return triton_request
 
 
 _NO_CALLS: list[dict[str, Any]] = []
 
 
-def _text_response(response: Any) -> tuple[bytes, list[dict[str, Any]], tuple[str, int, int] | None]:
-    """(text, tool-call deltas, None) for a chunk; (text, tool-call deltas, (finish_reason,
-    prompt_tokens, completion_tokens)) for the final one (the caller handles error responses first)."""
+def _text_response(response: Any) -> tuple[bytes, list[dict[str, Any]], str | None, int | None, int]:
+    """(text, tool-call deltas, finish reason or None, num_input_tokens or None, num_output_tokens
+    of this response) of one response (the caller handles error responses first)."""
     infer = response.infer_response
     outputs = infer.outputs
     raw = infer.raw_output_contents
-    if len(outputs) == 1 and outputs[0].name == TEXT_OUTPUT:  # the usual chunk: nothing else to look at
-        return raw_bytes_element(raw[0]), _NO_CALLS, None
+    if len(outputs) == 1 and outputs[0].name == TEXT_OUTPUT:  # a chunk without counts: nothing else to read
+        return raw_bytes_element(raw[0]), _NO_CALLS, None, None, 0
     text = b""
     calls = _NO_CALLS
     reason: str | None = None
-    prompt_tokens = completion_tokens = 0
+    input_tokens: int | None = None
+    output_tokens = 0
     for i, output in enumerate(outputs):
         name = output.name
         if name == TEXT_OUTPUT:
             text = raw_bytes_element(raw[i])
+        elif name == NUM_OUTPUT_TOKENS:
+            output_tokens = raw_uint32(raw[i])
         elif name == FINISH_REASON:
-            reason = raw_bytes_element(raw[i]).decode("utf-8")
-        elif name == PROMPT_TOKENS:
-            prompt_tokens = raw_int32(raw[i])
-        elif name == COMPLETION_TOKENS:
-            completion_tokens = raw_int32(raw[i])
+            value = raw_bytes_element(raw[i])
+            reason = value.decode("utf-8") if value and value != _UNFINISHED else None
+        elif name == NUM_INPUT_TOKENS:
+            input_tokens = raw_uint32(raw[i])
         elif name == TOOL_CALLS:
             calls = json.loads(raw_bytes_element(raw[i]))
-    return text, calls, (None if reason is None else (reason, prompt_tokens, completion_tokens))
+    return text, calls, reason, input_tokens, output_tokens
 
 
 class _TextStream:

@@ -22,8 +22,19 @@ class TextGenerationRequest:
 
 
 @dataclass(frozen=True)
+class TextInterface:
+    """How a text model is driven, read from its loaded config: the vLLM-backend dialect's switches
+    it declares (each sent true), and whether it takes a chat itself (our `messages` extension)."""
+
+    switches: tuple[str, ...] = ()
+    messages: bool = False
+
+
+@dataclass(frozen=True)
 class TextChunk:
-    """One response of the LLM model; the last one has finish_reason set."""
+    """One or more responses of the LLM model, merged; the last one has finish_reason set (the
+    model's, in our words: stop, length, cancelled, tool_calls; "unknown" when it gives none) and
+    the request's token counts."""
 
     text: str
     finish_reason: str | None = None

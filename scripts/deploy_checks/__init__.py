@@ -24,6 +24,11 @@ module per check:
                needs setuptools>=77.0.3; Debian's is 68.1.2, and pip cannot uninstall it); torch's
                wheel index, TORCH_CUDA and the base image's CUDA agree (PyPI's torch is CUDA 13);
                the documented driver is that CUDA's; INFERENCE_REQUIRE_CUDA is set
+  vllm.py      `llm` on Triton's vLLM backend (docker/vllm/): its model repository (backend vllm,
+               model.json, a tokenizer parameter naming vLLM's tokenizer), the compose profile
+               vllm and the Kubernetes overlay docker/vllm, rendered here for the subset of
+               kustomize it uses and held to the k8s schemas and assertions; NVIDIA's vLLM image
+               of the same release as the Triton image's base; auto-complete left on
   (k8s and compose also check that Triton's HTTP/gRPC model control is loopback-only or
   restricted, its metrics scrapeable, no kubelet probe targets a loopback port, and no Service
   uses a named targetPort that only a native sidecar declares: kubernetes#127958, before 1.32)
@@ -35,7 +40,7 @@ cli.py (CHECKS, run, main).
 Every check is a function of file paths returning a list of problems, so the tests can point it
 at deliberately broken copies (tests/unit/test_deploy_checks.py).
 
-Usage: python scripts/check_deploy.py [--root DIR] [--only hadolint,compose,k8s,drift,gpu]
+Usage: python scripts/check_deploy.py [--root DIR] [--only hadolint,compose,k8s,drift,gpu,vllm]
 Exit status 0 when every check passes, 1 when any problem is found, 2 when a tool is missing.
 """
 

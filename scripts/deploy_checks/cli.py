@@ -16,6 +16,7 @@ from .drift import check_drift
 from .gpu import check_gpu_image
 from .hadolint import check_hadolint
 from .k8s import check_k8s
+from .vllm import check_vllm
 
 CHECKS: dict[str, Callable[[Paths, Report], None]] = {
     "hadolint": lambda paths, report: check_hadolint([paths.triton_dockerfile, paths.adapter_dockerfile], report),
@@ -23,6 +24,7 @@ CHECKS: dict[str, Callable[[Paths, Report], None]] = {
     "k8s": check_k8s,
     "drift": check_drift,
     "gpu": check_gpu_image,
+    "vllm": check_vllm,
 }
 
 

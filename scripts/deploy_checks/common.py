@@ -28,6 +28,7 @@ class Paths:
     adapter_package: Path
     model_repository: Path
     model_runtime: Path
+    vllm: Path  # the vLLM variant: its model repository and Kubernetes overlay
 
     @classmethod
     def of(cls, root: Path) -> Paths:
@@ -43,6 +44,7 @@ class Paths:
             adapter_package=root / "adapter",
             model_repository=root / "model_repository",
             model_runtime=root / "model_runtime",
+            vllm=root / "docker" / "vllm",
         )
 
 

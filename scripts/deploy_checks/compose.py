@@ -256,46 +256,52 @@ def _mount_targets(service: Mapping[str, Any]) -> list[str]:
 
 
 def _check_compose_adapter(
-    paths: Paths, adapter: Mapping[str, Any], services: Mapping[str, Any], report: Report
+    paths: Paths,
+    adapter: Mapping[str, Any],
+    services: Mapping[str, Any],
+    report: Report,
+    triton: str = "triton",
+    label: str = "adapter",
 ) -> None:
+    """`label`: the adapter service's name in the messages; `triton`: the Triton service it fronts."""
     where = paths.compose
     depends = adapter.get("depends_on") or {}
-    condition = depends.get("triton", {}).get("condition") if isinstance(depends, dict) else None
+    condition = depends.get(triton, {}).get("condition") if isinstance(depends, dict) else None
     if condition != "service_healthy":
-        report.add("compose", where, "adapter: depends_on triton must have condition: service_healthy")
+        report.add("compose", where, f"{label}: depends_on {triton} must have condition: service_healthy")
     environment = environment_of(adapter)
     read = adapter_variables(paths.adapter_config)
     for name in sorted(set(environment) - read):
-        report.add("drift", where, f"adapter sets {name}, which adapter/config.py does not read")
+        report.add("drift", where, f"{label} sets {name}, which adapter/config.py does not read")
     for name in sorted(n for n in read if n.startswith("GRPC_") and n not in environment):
-        report.add("compose", where, f"adapter: {name} is read by the adapter but not set (every GRPC_* must be)")
+        report.add("compose", where, f"{label}: {name} is read by the adapter but not set (every GRPC_* must be)")
     triton_url = environment.get("TRITON_URL", "")
     host, _, port = triton_url.rpartition(":")
-    if "://" in triton_url or host not in services or port != "8001":
-        report.add("compose", where, f"adapter: TRITON_URL must be <triton service>:8001 (gRPC), got {triton_url!r}")
+    if "://" in triton_url or host != triton or port != "8001":
+        report.add("compose", where, f"{label}: TRITON_URL must be <triton service>:8001 (gRPC), got {triton_url!r}")
     metrics_url = environment.get("TRITON_METRICS_URL", "")
     if not re.fullmatch(r"http://[^/:]+:8002/metrics", metrics_url):
         report.add(
-            "compose", where, f"adapter: TRITON_METRICS_URL must be http://<triton>:8002/metrics ({metrics_url!r})"
+            "compose", where, f"{label}: TRITON_METRICS_URL must be http://<triton>:8002/metrics ({metrics_url!r})"
         )
     image_dir = environment.get("IMAGE_DIR")
     if not image_dir:
-        report.add("compose", where, "adapter: IMAGE_DIR is not set")
+        report.add("compose", where, f"{label}: IMAGE_DIR is not set")
     elif image_dir not in _mount_targets(adapter):
-        report.add("compose", where, f"adapter: IMAGE_DIR {image_dir} is not a mounted volume (jobs would be lost)")
+        report.add("compose", where, f"{label}: IMAGE_DIR {image_dir} is not a mounted volume (jobs would be lost)")
     grpc_port = environment.get("GRPC_PORT", "50051")
     published = [
         str(p).rsplit(":", 1)[-1] if not isinstance(p, dict) else str(p.get("target"))
         for p in adapter.get("ports") or []
     ]
     if grpc_port not in published:
-        report.add("compose", where, f"adapter: the gRPC port {grpc_port} is not published")
+        report.add("compose", where, f"{label}: the gRPC port {grpc_port} is not published")
     http_port = environment.get("OPENAI_HTTP_PORT", "8080")
     if http_port != "0" and http_port not in published:
-        report.add("compose", where, f"adapter: the OpenAI HTTP port {http_port} (OPENAI_HTTP_PORT) is not published")
+        report.add("compose", where, f"{label}: the OpenAI HTTP port {http_port} (OPENAI_HTTP_PORT) is not published")
     healthcheck = " ".join(map(str, (adapter.get("healthcheck") or {}).get("test") or []))
     if "healthcheck" not in healthcheck and "grpc" not in healthcheck:
-        report.add("compose", where, "adapter: the healthcheck must speak grpc.health.v1 (adapter-healthcheck)")
+        report.add("compose", where, f"{label}: the healthcheck must speak grpc.health.v1 (adapter-healthcheck)")
 
 
 def _check_compose_prometheus(paths: Paths, services: Mapping[str, Any], report: Report) -> None:

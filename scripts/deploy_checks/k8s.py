@@ -8,7 +8,7 @@ declares (kubernetes#127958, before 1.32), and the variables each container gets
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,14 @@ def _matches(selector: Mapping[str, Any] | None, labels: Mapping[str, Any]) -> b
     return bool(wanted) and all(labels.get(key) == value for key, value in wanted.items())
 
 
-def _check_k8s_semantics(paths: Paths, resources: list[tuple[Path, dict[str, Any]]], report: Report) -> None:
+def _check_k8s_semantics(
+    paths: Paths,
+    resources: list[tuple[Path, dict[str, Any]]],
+    report: Report,
+    triton_variables: Callable[[str], bool] | None = None,
+) -> None:
+    """`triton_variables`: which variables Triton's container may get (default: the ones our models
+    and huggingface/torch read)."""
     workloads = [(p, d) for p, d in resources if d.get("kind") in ("StatefulSet", "Deployment")]
     if not workloads:
         report.add("k8s", paths.k8s, "no StatefulSet or Deployment")
@@ -102,6 +109,7 @@ def _check_k8s_semantics(paths: Paths, resources: list[tuple[Path, dict[str, Any
     }
     read = adapter_variables(paths.adapter_config)
     model_read = model_variables(paths.model_repository, paths.model_runtime) | TRITON_THIRD_PARTY_VARIABLES
+    allowed = triton_variables or model_read.__contains__
     for path, workload in workloads:
         spec = workload.get("spec") or {}
         template = spec.get("template") or {}
@@ -142,7 +150,7 @@ def _check_k8s_semantics(paths: Paths, resources: list[tuple[Path, dict[str, Any
             if not shm_volume or (shm_volume.get("emptyDir") or {}).get("medium") != "Memory":
                 report.add("k8s", path, f"{name}: Triton needs /dev/shm from an emptyDir with medium: Memory")
             for variable in _env_names(container, config_maps):
-                if variable not in model_read:
+                if not allowed(variable):
                     report.add(
                         "drift",
                         path,

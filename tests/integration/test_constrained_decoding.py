@@ -95,10 +95,11 @@ def run(url: str, requests: list[dict[str, Any]], timeout_s: float = 240) -> lis
         calls = result.as_numpy("tool_calls")
         if calls is not None:
             reply.deltas += json.loads(calls[0].decode())
-        reason = result.as_numpy("finish_reason")
-        if reason is not None:
-            reply.finish_reason = reason[0].decode()
-            reply.completion_tokens = int(result.as_numpy("completion_tokens")[0])
+        # Triton's vLLM dialect: counts per response, finish_reason "None" until the last one.
+        reply.completion_tokens += int(result.as_numpy("num_output_tokens")[0])
+        reason = result.as_numpy("finish_reason")[0].decode()
+        if reason != "None":
+            reply.finish_reason = reason
             done.release()
 
     client = triton_grpc.InferenceServerClient(url)
@@ -109,6 +110,9 @@ def run(url: str, requests: list[dict[str, Any]], timeout_s: float = 240) -> lis
                 _input("messages", json.dumps(request["messages"])),
                 _input("sampling_parameters", json.dumps(request.get("sampling", {}))),
                 _input("stream", request.get("stream", True)),
+                _input("return_finish_reason", True),
+                _input("return_num_output_tokens", True),
+                _input("exclude_input_in_output", True),
             ]
             for name in ("tools", "tool_choice"):
                 if name in request:

@@ -56,7 +56,7 @@ pytestmark = pytest.mark.timeout(max(600, EXAMPLES // 2))
 
 EMBEDDING_MAX_INPUTS = 8
 EMBEDDING_MAX_TOTAL_CHARS = 4096
-SERVED = ("chunk_counter", "llm", "embedding", "image")
+SERVED = ("chunk_counter", "llm", "embedding", "image", "vllm_dialect")
 RPC_TIMEOUT_S = 60
 SERVICE = "/inference.v1.InferenceService/"
 # Statuses that mean the adapter failed (a bug), not the request.

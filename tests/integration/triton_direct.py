@@ -19,9 +19,11 @@ def non_streamed_chat(triton_url: str, messages: list[dict[str, str]], sampling:
         tensor = triton_grpc.InferInput(name, [1], "BYTES")
         tensor.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
         inputs.append(tensor)
-    stream_flag = triton_grpc.InferInput("stream", [1], "BOOL")
-    stream_flag.set_data_from_numpy(np.array([False]))
-    inputs.append(stream_flag)
+    # Not streamed, without the prompt in front of the answer (vLLM's default for stream=false).
+    for name, flag in (("stream", False), ("exclude_input_in_output", True)):
+        tensor = triton_grpc.InferInput(name, [1], "BOOL")
+        tensor.set_data_from_numpy(np.array([flag]))
+        inputs.append(tensor)
 
     results: list[Any] = []
     client = triton_grpc.InferenceServerClient(triton_url)

@@ -164,7 +164,7 @@ def test_drift_pins_follow_pyproject(root: Path, new_problems: NewProblems) -> N
 
 def test_compose_catches_a_missing_gpu_reservation(root: Path, new_problems: NewProblems) -> None:
     compose = root / "docker-compose.grpc.yml"
-    found = new_problems(root, "compose", lambda: edit(compose, "              capabilities: [gpu]\n", ""))
+    found = new_problems(root, "compose", lambda: edit(compose, "              capabilities: [gpu]\n", "", count=2))
     assert any("triton: no GPU reserved" in p for p in found), found
 
 
@@ -203,7 +203,7 @@ def test_compose_catches_a_small_shm(root: Path, new_problems: NewProblems) -> N
 def test_compose_catches_a_start_not_gated_on_health(root: Path, new_problems: NewProblems) -> None:
     compose = root / "docker-compose.grpc.yml"
     found = new_problems(
-        root, "compose", lambda: edit(compose, "condition: service_healthy", "condition: service_started")
+        root, "compose", lambda: edit(compose, "condition: service_healthy", "condition: service_started", count=2)
     )
     assert any("condition: service_healthy" in p for p in found), found
 
@@ -218,7 +218,7 @@ def test_compose_catches_a_default_model_that_differs_from_the_config(root: Path
 
 def test_compose_catches_implicit_model_control(root: Path, new_problems: NewProblems) -> None:
     compose = root / "docker-compose.grpc.yml"
-    found = new_problems(root, "compose", lambda: edit(compose, "      - --model-control-mode=explicit\n", ""))
+    found = new_problems(root, "compose", lambda: edit(compose, "      - --model-control-mode=explicit\n", "", count=2))
     assert any("--model-control-mode=explicit" in p for p in found), found
 
 
@@ -416,7 +416,7 @@ def test_compose_catches_a_build_arg_that_unpairs_torch_from_the_base(root: Path
 
 def test_compose_catches_tritons_http_open_on_the_network(root: Path, new_problems: NewProblems) -> None:
     compose = root / "docker-compose.grpc.yml"
-    found = new_problems(root, "compose", lambda: edit(compose, "      - --http-address=127.0.0.1\n", ""))
+    found = new_problems(root, "compose", lambda: edit(compose, "      - --http-address=127.0.0.1\n", "", count=2))
     assert any("triton: HTTP listens on 0.0.0.0 with model control open" in p for p in found), found
 
 
@@ -459,6 +459,101 @@ def test_k8s_catches_metrics_on_the_loopback(root: Path, new_problems: NewProble
         root, "k8s", lambda: edit(manifest, "--metrics-address=0.0.0.0\n", "--metrics-address=127.0.0.1\n")
     )
     assert any("metrics listen on 127.0.0.1: Prometheus cannot scrape them" in p for p in found), found
+
+
+# --- vllm: `llm` on Triton's vLLM backend (docker/vllm/, compose profile vllm) -------------------
+
+
+def test_vllm_catches_an_image_of_another_release_than_the_base(root: Path, new_problems: NewProblems) -> None:
+    compose = root / "docker-compose.grpc.yml"
+    found = new_problems(
+        root, "vllm", lambda: edit(compose, "tritonserver:25.01-vllm-python-py3", "tritonserver:25.08-vllm-python-py3")
+    )
+    assert any("the vLLM image is release 25.08 but docker/triton.Dockerfile's base is 25.01" in p for p in found), (
+        found
+    )
+
+
+def test_vllm_catches_a_model_without_a_tokenizer(root: Path, new_problems: NewProblems) -> None:
+    config = root / "docker" / "vllm" / "model_repository" / "llm" / "config.pbtxt"
+    found = new_problems(root, "vllm", lambda: edit(config, 'key: "tokenizer"', 'key: "tokeniser"'))
+    assert any("no tokenizer parameter: the adapter cannot render chat templates" in p for p in found), found
+
+
+def test_vllm_catches_a_tokenizer_of_another_model(root: Path, new_problems: NewProblems) -> None:
+    engine = root / "docker" / "vllm" / "model_repository" / "llm" / "1" / "model.json"
+    found = new_problems(
+        root, "vllm", lambda: edit(engine, '"Qwen/Qwen2.5-0.5B-Instruct"', '"Qwen/Qwen2.5-7B-Instruct"')
+    )
+    assert any("is not the tokenizer vLLM loads ('Qwen/Qwen2.5-7B-Instruct'" in p for p in found), found
+
+
+def test_vllm_catches_auto_complete_turned_off(root: Path, new_problems: NewProblems) -> None:
+    patch = root / "docker" / "vllm" / "statefulset-patch.yaml"
+    found = new_problems(
+        root,
+        "vllm",
+        lambda: edit(
+            patch,
+            "            - --model-control-mode=explicit\n",
+            "            - --model-control-mode=explicit\n            - --disable-auto-complete-config\n",
+        ),
+    )
+    assert any("the overlay's Triton: --disable-auto-complete-config leaves the vLLM model" in p for p in found), found
+
+
+def test_vllm_catches_an_adapter_reading_another_repository(root: Path, new_problems: NewProblems) -> None:
+    compose = root / "docker-compose.grpc.yml"
+    found = new_problems(
+        root,
+        "vllm",
+        lambda: edit(
+            compose,
+            "./docker/vllm/model_repository}:/app/model_repository:ro",
+            "./model_repository}:/app/model_repository:ro",
+        ),
+    )
+    assert any(
+        "adapter-vllm: its MODEL_REPOSITORY (/app/model_repository) must be the repository Triton serves" in p
+        for p in found
+    ), found
+
+
+def test_vllm_catches_a_configmap_item_at_the_wrong_path(root: Path, new_problems: NewProblems) -> None:
+    patch = root / "docker" / "vllm" / "statefulset-patch.yaml"
+    found = new_problems(root, "vllm", lambda: edit(patch, "path: llm/1/model.json", "path: llm/model.json"))
+    assert any("triton: /models does not hold docker/vllm/model_repository/llm/1/model.json" in p for p in found), found
+    assert any(
+        "adapter: /app/model_repository does not hold docker/vllm/model_repository/llm/1/model.json" in p for p in found
+    ), found
+
+
+def test_vllm_renders_the_overlay_and_validates_it_strictly(root: Path, new_problems: NewProblems) -> None:
+    patch = root / "docker" / "vllm" / "statefulset-patch.yaml"
+    found = new_problems(
+        root, "vllm", lambda: edit(patch, "              readOnly: true", "              readonly: true", count=2)
+    )
+    assert any("rendered StatefulSet/inference (Kubernetes 1.29, strict)" in p and "readonly" in p for p in found), (
+        found
+    )
+
+
+def test_vllm_holds_the_overlay_to_the_base_checks_with_vllms_variables(root: Path, new_problems: NewProblems) -> None:
+    patch = root / "docker" / "vllm" / "statefulset-patch.yaml"
+    found = new_problems(
+        root,
+        "vllm",
+        lambda: edit(
+            patch,
+            "            - name: HOME\n",
+            "            - name: LLM_MAX_TOKENS\n              value: '1'\n            - name: HOME\n",
+        ),
+    )
+    assert any("Triton gets LLM_MAX_TOKENS, which neither the models nor huggingface/torch read" in p for p in found), (
+        found
+    )
+    # What vLLM reads is allowed (HOME, VLLM_*), and the variables only our models read were deleted.
+    assert not any("HOME" in p or "LLM_MODEL_ID" in p for p in found), found
 
 
 # --- the OpenAI-compatible HTTP port --------------------------------------------------------------

@@ -105,6 +105,20 @@ def test_other_triton_status_becomes_internal_with_context(status: str | None) -
     assert "backend exploded" in mapped.message
 
 
+@pytest.mark.parametrize("status", ["StatusCode.INTERNAL", None])
+def test_a_vllm_prompt_longer_than_the_context_is_the_clients_error(status: str | None) -> None:
+    # vLLM's backend reports every failure as INTERNAL; this one is the request's.
+    message = (
+        "Error generating stream: The decoder prompt (length 9003) is longer than the maximum model length of "
+        "4096. Make sure that `max_model_len` is no smaller than the number of text tokens."
+    )
+    mapped = from_triton(triton_error(message, status), "streaming from 'vllm'")
+    assert type(mapped) is InvalidArgument
+    assert "the prompt is longer than the model's context" in mapped.message and "9003" in mapped.message
+    # Any other failure of a vLLM model stays INTERNAL.
+    assert type(from_triton(triton_error("Error generating stream: CUDA error", status), "x")) is Internal
+
+
 def test_triton_error_without_message_still_says_something() -> None:
     mapped = from_triton(InferenceServerException(msg=None, status="StatusCode.INVALID_ARGUMENT"), "x")
     assert type(mapped) is InvalidArgument

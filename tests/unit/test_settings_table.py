@@ -72,6 +72,7 @@ def test_each_declaration_parses_its_variable() -> None:
         "GRPC_REQUIRE_API_KEY": None,  # needs a key
         "GRPC_API_KEY": (" k1 ", "k1"),
         "MODEL_REPOSITORY": None,  # must be a folder
+        "TOKENIZER_CACHE_DIR": ("/tmp/tokenizers", Path("/tmp/tokenizers")),
         "MODEL_KEEP_ALIVE_SECONDS": ("-1", None),
         "MODEL_MEMORY_ESTIMATES": ("llm=5,image=7", (("llm", 5), ("image", 7))),
         "PRELOAD_MODELS": ("", ()),
@@ -114,4 +115,4 @@ def test_a_bad_value_names_its_variable_and_what_it_expects(declared: Setting) -
 
 def test_keys_are_left_out_of_the_repr() -> None:
     hidden = {f.name for f in dataclasses.fields(Settings) if not f.repr}
-    assert hidden == {"grpc_api_key", "grpc_admin_api_key"}
+    assert hidden == {"grpc_api_key", "grpc_admin_api_key", "hf_token"}

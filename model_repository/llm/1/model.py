@@ -2,10 +2,10 @@
 
 A thin shell over `model_runtime.batching.BatchingEngine`: `execute` parses each request (tokenizing
 in a worker thread, so a huge prompt never stalls the others), submits it to the engine, and sends
-what the engine delivers. The engine runs every active request in one forward pass per step on its
-own thread. Every pb_utils call (send, is_cancelled, metrics) happens on the stub's asyncio loop,
-never on the engine's or a worker's thread: Triton 2.51 crashes when several threads of one stub
-call pb_utils at once.
+what the engine delivers, in Triton's vLLM-backend dialect (`model_runtime.llm_dialect`). The
+engine runs every active request in one forward pass per step on its own thread. Every pb_utils
+call (send, is_cancelled, metrics) happens on the stub's asyncio loop, never on the engine's or a
+worker's thread: Triton 2.51 crashes when several threads of one stub call pb_utils at once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model_runtime.batching import BatchingEngine, StepOutput, merge_outputs
 from model_runtime.constrained import Constraint, Grammars
+from model_runtime.llm_dialect import (
+    FINISH_REASONS,
+    SWITCHES,
+    UNFINISHED,
+    Switches,
+    resolve_switches,
+    without_neutral_options,
+)
 from model_runtime.metrics import ModelMetrics
 from model_runtime.model_config import ModelParameters, preferred_dtype, require_cuda_if_expected, triton_device
 from model_runtime.text_generation import (
@@ -32,7 +40,7 @@ from model_runtime.text_generation import (
     parse_sampling_parameters,
 )
 from model_runtime.tool_calls import ToolCallDelta, tool_calls_json
-from model_runtime.triton_inputs import bool_input, string_input, watch_cancellations
+from model_runtime.triton_inputs import string_input, watch_cancellations
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # The gauges the Kubernetes Gateway API Inference Extension routes on are refreshed at most this often.
@@ -41,14 +49,18 @@ GAUGE_INTERVAL_SECONDS = 0.1
 
 @dataclass
 class _Stream:
-    """One request being served: where its outputs go."""
+    """One request being served: where its outputs go, and what it asked them to carry."""
 
     request: Any
     sender: Any
-    stream: bool
+    switches: Switches
+    prompt: str  # as the model saw it (the rendered chat template for messages)
+    prompt_tokens: int
     done: asyncio.Future[None]
     collected: list[str] = field(default_factory=list)  # the text, when not streaming
     collected_calls: list[ToolCallDelta] = field(default_factory=list)  # tool-call deltas, when not streaming
+    unsent_tokens: int = 0  # generated since the last response
+    sent_tokens: int = 0  # reported in num_output_tokens so far
 
 
 class TritonPythonModel:
@@ -144,10 +156,12 @@ class TritonPythonModel:
                 inputs = self._read_inputs(request)
             except UnicodeDecodeError as err:
                 raise InvalidRequest(f"an input is not valid UTF-8: {err}") from None
-            prompt_ids, params, constraint = await self.loop.run_in_executor(self.tokenizing, self._parse, *inputs)
-            stream = bool_input(pb_utils, request, "stream", True)
+            switches = self._read_switches(request)
+            prompt, prompt_ids, params, constraint = await self.loop.run_in_executor(
+                self.tokenizing, self._parse, *inputs
+            )
             request_id = next(self.ids)
-            state = _Stream(request, sender, stream, self.loop.create_future())
+            state = _Stream(request, sender, switches, prompt, len(prompt_ids), self.loop.create_future())
             self.streams[request_id] = state
             try:
                 self.engine.submit(request_id, prompt_ids, params, constraint)
@@ -172,6 +186,15 @@ class TritonPythonModel:
             for name in ("sampling_parameters", "messages", "text_input", "tools", "tool_choice")
         )
 
+    def _read_switches(self, request: Any) -> Switches:
+        """On the loop (pb_utils): stream, exclude_input_in_output and the return_* switches."""
+        flags: dict[str, bool | None] = {}
+        for name in ("stream", "exclude_input_in_output", *SWITCHES):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            flags[name] = None if tensor is None else bool(tensor.as_numpy().reshape(-1)[0])
+        returns = {name: bool(flags[name]) for name in SWITCHES}
+        return resolve_switches(flags["stream"], flags["exclude_input_in_output"], returns)
+
     def _parse(
         self,
         sampling_json: str | None,
@@ -179,17 +202,23 @@ class TritonPythonModel:
         text: str | None,
         tools_json: str | None,
         tool_choice_json: str | None,
-    ) -> tuple[list[int], SamplingParams, Constraint | None]:
+    ) -> tuple[str, list[int], SamplingParams, Constraint | None]:
         """On the tokenizing thread (no pb_utils): options checked, grammar compiled (cached per
-        schema), prompt tokenized."""
+        schema), prompt tokenized. Returns the prompt as the model sees it (a chat rendered with the
+        template), its tokens, the options and the request's constraint."""
         structured = self.grammars.prepare(sampling_json, tools_json, tool_choice_json, chat=messages_json is not None)
         params = parse_sampling_parameters(
-            structured.sampling_parameters, self.default_max_tokens, self.max_tokens_limit, self.sampling_defaults
+            without_neutral_options(structured.sampling_parameters),
+            self.default_max_tokens,
+            self.max_tokens_limit,
+            self.sampling_defaults,
         )
         if (messages_json is None) == (text is None):
             raise InvalidRequest("exactly one of text_input and messages must be given")
         if messages_json is not None:
             prompt_ids = structured.chat_prompt_ids(self.tokenizer, messages_json)
+            # The text a non-streamed answer repeats when the input is not excluded.
+            text = self.tokenizer.decode(prompt_ids)
         else:
             if not text or not text.strip():
                 raise InvalidRequest("text_input must not be empty or only whitespace")
@@ -199,7 +228,7 @@ class TritonPythonModel:
                 f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds the "
                 f"model's context of {self.context_length} tokens"
             )
-        return prompt_ids, params, structured.constraint
+        return text, prompt_ids, params, structured.constraint
 
     def _deliver_from_engine(self, outputs: list[StepOutput]) -> None:
         """Engine thread: queues one step's outputs for the loop (no pb_utils here). While the loop
@@ -218,18 +247,31 @@ class TritonPythonModel:
         with self.pending_lock:
             outputs, self.pending = self.pending, []
             self.send_scheduled = False
+        # Each unfinished output is one generated token (the engine delivers one per row and step):
+        # counted before merging, for num_output_tokens.
+        for output in outputs:
+            state = self.streams.get(output.request_id)
+            if state is not None and not output.finished:
+                state.unsent_tokens += 1
         self._send(merge_outputs(outputs))
 
     def _send(self, outputs: list[StepOutput]) -> None:
-        """On the loop: one response per output with text, the final one with the counts."""
+        """On the loop: one response per output with text (a token whose text is held back, a stop
+        sequence's possible start or part of a character, waits for the next), the final one with
+        the totals."""
         for output in outputs:
             state = self.streams.get(output.request_id)
             if state is None or state.done.done():
                 continue
             if not output.finished:
                 if output.text or output.tool_calls:
-                    if state.stream:
-                        state.sender.send(self._chunk(output.text, output.tool_calls))
+                    if state.switches.stream:
+                        response = self._response(
+                            state, output.text, UNFINISHED, state.unsent_tokens, output.tool_calls
+                        )
+                        state.sender.send(response)
+                        state.sent_tokens += state.unsent_tokens
+                        state.unsent_tokens = 0
                     else:
                         state.collected.append(output.text)
                         state.collected_calls.extend(output.tool_calls)
@@ -246,10 +288,20 @@ class TritonPythonModel:
         if reason == "error":
             error = pb_utils.TritonError(f"generation failed: {output.error}", pb_utils.TritonError.INTERNAL)
             state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        elif reason == "cancelled" and state.switches.stream:
+            # As vLLM's: a cancelled stream ends with an error, not with an answer.
+            error = pb_utils.TritonError("Request was cancelled", pb_utils.TritonError.CANCELLED)
+            state.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        elif state.switches.stream:
+            tokens = output.completion_tokens - state.sent_tokens
+            final = self._response(state, output.text, FINISH_REASONS.get(reason, reason), tokens, output.tool_calls)
+            state.sender.send(final, flags=FINAL)
         else:
-            text = "".join(state.collected) + output.text if not state.stream else output.text
+            text = "".join(state.collected) + output.text
+            if state.switches.prepend_input:
+                text = state.prompt + text
             calls = [*state.collected_calls, *output.tool_calls]
-            final = self._final(text, reason, output.prompt_tokens, output.completion_tokens, calls)
+            final = self._response(state, text, FINISH_REASONS.get(reason, reason), output.completion_tokens, calls)
             state.sender.send(final, flags=FINAL)
         # What the process holds now, plus the KV budget not in use (it may fill at any moment).
         self.metrics.publish_memory(at_most_every_s=1.0, headroom_bytes=self.engine.kv_headroom_bytes())
@@ -265,26 +317,24 @@ class TritonPythonModel:
         self.running.set(stats.running)
         self.cache_usage.set(stats.kv_cache_usage)
 
-    def _chunk(self, text: str, calls: tuple[ToolCallDelta, ...] = ()) -> Any:
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
-                *self._tool_calls_tensor(calls),
-            ]
-        )
-
-    def _final(
-        self, text: str, reason: str, prompt_tokens: int, completion_tokens: int, calls: list[ToolCallDelta]
+    def _response(
+        self,
+        state: _Stream,
+        text: str,
+        finish_reason: str,
+        output_tokens: int,
+        calls: tuple[ToolCallDelta, ...] | list[ToolCallDelta] = (),
     ) -> Any:
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
-                pb_utils.Tensor("finish_reason", np.array([reason.encode("utf-8")], dtype=np.object_)),
-                pb_utils.Tensor("prompt_tokens", np.array([prompt_tokens], dtype=np.int32)),
-                pb_utils.Tensor("completion_tokens", np.array([completion_tokens], dtype=np.int32)),
-                *self._tool_calls_tensor(calls),
-            ]
-        )
+        """text_output, the outputs the request switched on, and any tool-call deltas."""
+        tensors = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))]
+        switches = state.switches
+        if switches.finish_reason:
+            tensors.append(pb_utils.Tensor("finish_reason", np.array([finish_reason.encode()], dtype=np.object_)))
+        if switches.num_input_tokens:
+            tensors.append(pb_utils.Tensor("num_input_tokens", np.array([state.prompt_tokens], dtype=np.uint32)))
+        if switches.num_output_tokens:
+            tensors.append(pb_utils.Tensor("num_output_tokens", np.array([output_tokens], dtype=np.uint32)))
+        return pb_utils.InferenceResponse(output_tensors=[*tensors, *self._tool_calls_tensor(calls)])
 
     def _tool_calls_tensor(self, calls: tuple[ToolCallDelta, ...] | list[ToolCallDelta]) -> list[Any]:
         """The `tool_calls` output (OpenAI delta objects, JSON), only on responses that carry some."""

@@ -1,0 +1,1 @@
+../../vllm_dialect/1/model.py
