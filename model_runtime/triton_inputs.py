@@ -94,6 +94,15 @@ async def watch_cancellations(
     is listed: on_cancel must not mind being called again). Runs until the task is cancelled."""
     while True:
         await asyncio.sleep(poll_seconds)
-        for key, request in list(open_requests()):
-            if request.is_cancelled():
-                on_cancel(key)
+        _poll_cancellations(open_requests, on_cancel)
+
+
+def _poll_cancellations(
+    open_requests: Callable[[], Iterable[tuple[Key, Any]]], on_cancel: Callable[[Key], None]
+) -> None:
+    # A frame of its own, so that the suspended task above never holds a request: a cancelled
+    # task keeps its frame in the CancelledError's traceback, and a pb_utils InferRequest freed
+    # late (at the stub's exit, after its shared memory is gone) segfaults the stub.
+    for key, request in list(open_requests()):
+        if request.is_cancelled():
+            on_cancel(key)

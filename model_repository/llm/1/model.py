@@ -11,6 +11,7 @@ worker's thread: Triton 2.51 crashes when several threads of one stub call pb_ut
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -348,7 +349,12 @@ class TritonPythonModel:
         self.tokenizing.shutdown(wait=True, cancel_futures=True)
         if self.watcher is not None:
             self.watcher.cancel()
-        del self.model, self.engine
+        # No pb_utils object (a request, a sender, a metric) may outlive the stub's shared memory:
+        # freed at the interpreter's exit instead, it segfaults the stub (seen on every unload
+        # before this). The cancelled watcher's frame, left on a loop that never runs again,
+        # still reaches this object: so it lets go of everything it holds, and they are freed now.
+        vars(self).clear()
+        gc.collect()
         import torch
 
         if torch.cuda.is_available():
