@@ -69,12 +69,120 @@ def _content(i: int, content: str | list[s.TextPart] | None) -> str:
         return content
     texts = []
     for j, part in enumerate(content):
+        if part.type == "text" and part.text is None:
+            raise HttpError(
+                400, f"messages[{i}].content[{j}].text is required", param=f"messages[{i}].content[{j}].text"
+            )
+        if part.type == "text" and part.model_extra:
+            extra = sorted(part.model_extra)[0]
+            raise HttpError(
+                400, f"unrecognized request argument: messages[{i}].content[{j}].{extra}", f"messages[{i}].content[{j}]"
+            )
         if part.type != "text" or part.text is None:
             raise unsupported(
                 f"messages[{i}].content[{j}]", f"content of type {part.type!r}: the models here read text parts only"
             )
         texts.append(part.text)
     return "".join(texts)
+
+
+_FIELDS_OF_ROLE = {role: fields for roles, fields in s.MESSAGE_FIELDS.items() for role in roles}
+
+
+def _message(i: int, message: s.ChatMessage) -> t.ChatMessage:
+    allowed = _FIELDS_OF_ROLE.get(message.role)
+    if allowed is not None:  # an unknown role: the core names it
+        for field in sorted(message.model_fields_set - set(allowed)):
+            raise HttpError(
+                400, f"messages[{i}].{field}: a {message.role} message has no {field}", param=f"messages[{i}].{field}"
+            )
+    if message.name is not None:
+        raise unsupported(f"messages[{i}].name", "messages carry no names")
+    for field in ("refusal", "function_call"):
+        if getattr(message, field) is not None:
+            raise unsupported(f"messages[{i}].{field}", "accepted only as null")
+    calls = []
+    for j, call in enumerate(message.tool_calls or ()):
+        if call.type != "function":
+            raise unsupported(f"messages[{i}].tool_calls[{j}].type", f"{call.type!r}: function calls only")
+        calls.append(t.ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments))
+    # OpenAI's newer name for the system role.
+    role = "system" if message.role == "developer" else message.role
+    return t.ChatMessage(
+        role=role,
+        content=_content(i, message.content),
+        tool_calls=tuple(calls),
+        tool_call_id=message.tool_call_id or "",
+    )
+
+
+def _tools(tools: list[s.ChatTool] | None) -> tuple[t.Tool, ...]:
+    out = []
+    for i, tool in enumerate(tools or ()):
+        if tool.type != "function":
+            raise unsupported(f"tools[{i}].type", f"{tool.type!r}: function tools only")
+        function = tool.function
+        parameters = json.dumps(function.parameters) if function.parameters is not None else ""
+        out.append(t.Tool(name=function.name, description=function.description or "", parameters=parameters))
+    return tuple(out)
+
+
+_TOOL_CHOICE_MODES = {mode.value: mode for mode in t.ToolChoiceMode if mode != t.ToolChoiceMode.FUNCTION}
+
+
+def _tool_choice(choice: str | s.NamedToolChoice | None) -> t.ToolChoice:
+    if choice is None:
+        return t.ToolChoice()
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICE_MODES:
+            raise HttpError(
+                400,
+                'tool_choice must be "none", "auto", "required" or '
+                f'{{"type": "function", "function": {{"name": ...}}}}; got {choice!r}',
+                param="tool_choice",
+            )
+        return t.ToolChoice(mode=_TOOL_CHOICE_MODES[choice])
+    if choice.type != "function":
+        raise unsupported("tool_choice.type", f"{choice.type!r}: a named choice is a function")
+    return t.ToolChoice(mode=t.ToolChoiceMode.FUNCTION, function=choice.function.name)
+
+
+_FORMATS = {kind.value: kind for kind in t.ResponseFormatType}
+_FORMAT_NAME = re.compile(r"^[A-Za-z0-9_-]{0,64}$")  # OpenAI's rule (it also requires one)
+
+
+def _response_format(response_format: s.ResponseFormat | None) -> t.ResponseFormat:
+    if response_format is None:
+        return t.ResponseFormat()
+    kind = _FORMATS.get(response_format.type)
+    if kind is None:
+        raise HttpError(
+            400,
+            f"response_format.type must be one of {', '.join(_FORMATS)}; got {response_format.type!r}",
+            param="response_format.type",
+        )
+    spec = response_format.json_schema
+    if kind != t.ResponseFormatType.JSON_SCHEMA:
+        if spec is not None:
+            raise HttpError(
+                400, f"response_format.json_schema is only for type json_schema; got {kind.value}", "response_format"
+            )
+        return t.ResponseFormat(type=kind)
+    if spec is None:
+        raise HttpError(400, "response_format.json_schema is required for type json_schema", "response_format")
+    if not _FORMAT_NAME.match(spec.name):
+        raise HttpError(
+            400,
+            f"response_format.json_schema.name must be at most 64 letters, digits, _ or -; got {spec.name[:80]!r}",
+            "response_format.json_schema.name",
+        )
+    if spec.schema_ is None:
+        raise HttpError(
+            400,
+            "response_format.json_schema.schema is required: the JSON schema the reply must follow",
+            "response_format.json_schema.schema",
+        )
+    return t.ResponseFormat(type=kind, json_schema=json.dumps(spec.schema_), name=spec.name, strict=bool(spec.strict))
 
 
 def chat_request(body: s.ChatCompletionRequest) -> tuple[t.ChatRequest, bool]:
@@ -87,18 +195,32 @@ def chat_request(body: s.ChatCompletionRequest) -> tuple[t.ChatRequest, bool]:
             "send one of them (max_completion_tokens is the current name)",
             param="max_completion_tokens",
         )
-    messages = []
-    for i, message in enumerate(body.messages):
-        for field in ("name", "tool_calls", "tool_call_id"):
-            if getattr(message, field) is not None:
-                why = s.NO_TOOLS if field != "name" else "messages carry no names"
-                raise unsupported(f"messages[{i}].{field}", why)
-        # OpenAI's newer name for the system role.
-        role = "system" if message.role == "developer" else message.role
-        messages.append(t.ChatMessage(role=role, content=_content(i, message.content)))
+    messages = tuple(_message(i, message) for i, message in enumerate(body.messages))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    request = t.ChatRequest(model=body.model, messages=tuple(messages), options=_options(body, max_tokens))
+    request = t.ChatRequest(
+        model=body.model,
+        messages=messages,
+        options=_options(body, max_tokens),
+        tools=_tools(body.tools),
+        tool_choice=_tool_choice(body.tool_choice),
+        response_format=_response_format(body.response_format),
+    )
     return request, _stream_options(body)
+
+
+# The core names tool fields as gRPC's messages do (flat); OpenAI nests them under `function`.
+_CHAT_FIELD_NAMES = (
+    (re.compile(r"\btools\[(\d+)\]\.(name|description|parameters)\b"), r"tools[\1].function.\2"),
+    (re.compile(r"\b(messages\[\d+\]\.tool_calls\[\d+\])\.(name|arguments)\b"), r"\1.function.\2"),
+    (re.compile(r"\btool_choice\.function\b(?!\.)"), "tool_choice.function.name"),
+    (re.compile(r"\bresponse_format\.json_schema\b(?!\.| is required| is only)"), "response_format.json_schema.schema"),
+)
+
+
+def rename_chat_fields(message: str) -> str:
+    for pattern, replacement in _CHAT_FIELD_NAMES:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def completion_request(body: s.CompletionRequest) -> tuple[t.GenerateRequest, bool]:
@@ -137,22 +259,39 @@ def usage(u: t.Usage) -> dict[str, int]:
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
 
 
-def chat_completion(model: str, text: str, finish: t.Finish) -> dict[str, Any]:
+def tool_call(call: t.ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def chat_completion(model: str, text: str, calls: list[t.ToolCall], finish: t.Finish) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        message["tool_calls"] = [tool_call(c) for c in calls]
     return {
         "id": new_id("chatcmpl"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish.reason.value,
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish.reason.value}],
         "usage": usage(finish.usage),
     }
+
+
+class ToolCallAssembler:
+    """A reply's tool calls put together from their streamed pieces (the non-streamed response)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
+
+    def add(self, deltas: tuple[t.ToolCallDelta, ...]) -> None:
+        for delta in deltas:
+            call = self._calls.setdefault(delta.index, ["", "", ""])
+            call[0] = call[0] or delta.id
+            call[1] = call[1] or delta.name
+            call[2] += delta.arguments
+
+    def calls(self) -> list[t.ToolCall]:
+        return [t.ToolCall(id=c[0], name=c[1], arguments=c[2]) for _, c in sorted(self._calls.items())]
 
 
 def completion(model: str, text: str, finish: t.Finish) -> dict[str, Any]:
@@ -202,6 +341,24 @@ class ChunkWriter:
 
     def text(self, text: str) -> bytes:
         return self._before + json.dumps(text).encode() + self._after
+
+    def tool_calls(self, deltas: tuple[t.ToolCallDelta, ...]) -> bytes:
+        """OpenAI's tool-call deltas: a call's first piece has its id, type and name, the rest
+        argument text only."""
+        pieces = []
+        for delta in deltas:
+            piece: dict[str, Any] = {"index": delta.index}
+            function: dict[str, str] = {}
+            if delta.id:
+                piece.update(id=delta.id, type="function")
+            if delta.name:
+                function["name"] = delta.name
+            if delta.arguments or delta.id:
+                function["arguments"] = delta.arguments
+            piece["function"] = function
+            pieces.append(piece)
+        choice = {"index": 0, "delta": {"tool_calls": pieces}, "logprobs": None, "finish_reason": None}
+        return self._event({"choices": [choice], **({"usage": None} if self._include_usage else {})})
 
     def finish(self, finish: t.Finish) -> bytes:
         if self._chat:

@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from model_runtime import sampling_limits
 
 # Option -> (the values that ask for nothing, why other values are refused). Declared once, so a
-# new option (issue 20's tools) is one line here until the core honours it.
+# new option is one line here until the core honours it.
 ONE_CHOICE = "this server returns one choice per request; send several requests"
 NO_LOGPROBS = "this server does not return log probabilities"
-NO_TOOLS = "tools and structured output are not available on this server yet"
+OLD_FUNCTIONS = "the deprecated functions API; send tools (and tool_choice) instead"
 REFUSED_UNLESS: dict[str, tuple[tuple[Any, ...], str]] = {
     "n": ((None, 1), ONE_CHOICE),
     "best_of": ((None, 1), ONE_CHOICE),
@@ -30,12 +30,9 @@ REFUSED_UNLESS: dict[str, tuple[tuple[Any, ...], str]] = {
     "logit_bias": ((None, {}), "the sampler takes no per-token bias"),
     "echo": ((None, False), "the prompt is not returned with the completion"),
     "suffix": ((None, ""), "the model does not fill in between a prompt and a suffix"),
-    "tools": ((None, []), NO_TOOLS),
-    "tool_choice": ((None, "none"), NO_TOOLS),
-    "parallel_tool_calls": ((None,), NO_TOOLS),
-    "functions": ((None, []), NO_TOOLS),
-    "function_call": ((None, "none"), NO_TOOLS),
-    "response_format": ((None, {"type": "text"}), NO_TOOLS),
+    "parallel_tool_calls": ((None, True), "the model may call several tools in one reply; ask for one in the prompt"),
+    "functions": ((None, []), OLD_FUNCTIONS),
+    "function_call": ((None, "none"), OLD_FUNCTIONS),
     "audio": ((None,), "the models here read and write text only"),
     "modalities": ((None, ["text"]), "the models here read and write text only"),
     "prediction": ((None,), "predicted outputs are not supported"),
@@ -103,29 +100,119 @@ class ModelList(BaseModel):
 # ---- chat and completions ------------------------------------------------------------------
 
 
+def _text_part_only(schema: dict[str, Any]) -> None:
+    schema["required"] = ["type", "text"]
+    schema["additionalProperties"] = False
+    schema["properties"]["text"] = {"type": "string"}
+
+
 class TextPart(BaseModel):
-    # Other kinds of parts (image_url, input_audio) get through to convert.py, which refuses them by name.
-    model_config = ConfigDict(extra="allow")
+    # Other kinds of parts (image_url, input_audio) get through to convert.py, which refuses them by
+    # name; the schema shows the one kind taken.
+    model_config = ConfigDict(extra="allow", json_schema_extra=_text_part_only)
 
     type: str = Field(description="other kinds of content are refused", json_schema_extra={"enum": ["text"]})
     text: str | None = None
 
 
+class ToolCallFunction(_Request):
+    name: str = Field(json_schema_extra={"pattern": r"^[A-Za-z0-9_-]{1,64}$"})
+    arguments: str = Field(description="the arguments as the text of a JSON object")
+
+
+class MessageToolCall(_Request):
+    """A call an earlier assistant turn made (as this server returned it)."""
+
+    id: str = Field(json_schema_extra={"minLength": 1})
+    type: str = Field(default="function", json_schema_extra={"enum": ["function"]})
+    function: ToolCallFunction
+
+
+# The fields each role's message may carry (OpenAI's message types, one per role); convert.py
+# refuses any other by name, and the schema documents one variant per role.
+MESSAGE_FIELDS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("system", "developer", "user"): ("role", "content", "name"),
+    ("assistant",): ("role", "content", "name", "tool_calls", "refusal", "function_call"),
+    ("tool",): ("role", "content", "tool_call_id"),
+}
+
+
+def _message_variants(schema: dict[str, Any]) -> None:
+    """ChatMessage's schema as one object per role (what each may carry, what each requires)."""
+    properties = schema.pop("properties")
+    schema.pop("required", None)
+    schema.pop("additionalProperties", None)
+    schema.pop("type", None)
+    variants = []
+    for roles, fields in MESSAGE_FIELDS.items():
+        shown = {name: properties[name] for name in fields}
+        shown["role"] = {**properties["role"], "enum": list(roles)}
+        required = ["role", "tool_call_id"] if "tool_call_id" in fields else ["role"]
+        variants.append({"type": "object", "properties": shown, "required": required, "additionalProperties": False})
+    schema["oneOf"] = variants
+
+
 class ChatMessage(_Request):
-    role: str = Field(
-        description="developer is read as system",
-        json_schema_extra={"enum": ["system", "developer", "user", "assistant"]},
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_message_variants)
+
+    role: str = Field(description="developer is read as system; tool answers an assistant's tool call (tool_call_id)")
     content: str | list[TextPart] | None = None
     name: str | None = Field(
         default=None, description="refused: messages carry no names", json_schema_extra={"enum": [None]}
     )
-    tool_calls: list[Any] | None = Field(
-        default=None, description=f"refused: {NO_TOOLS}", json_schema_extra={"enum": [None]}
-    )
+    tool_calls: list[MessageToolCall] | None = Field(default=None, description="an assistant turn's calls")
     tool_call_id: str | None = Field(
-        default=None, description=f"refused: {NO_TOOLS}", json_schema_extra={"enum": [None]}
+        default=None,
+        description="a tool message: the id of the call it answers",
+        json_schema_extra={"type": "string", "minLength": 1},
     )
+    # What OpenAI's SDKs send back when an earlier response's message is appended as it is.
+    refusal: str | None = Field(default=None, description="accepted only as null", json_schema_extra={"enum": [None]})
+    function_call: Any = Field(
+        default=None, description=f"only null: {OLD_FUNCTIONS}", json_schema_extra={"enum": [None]}
+    )
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(json_schema_extra={"pattern": r"^[A-Za-z0-9_-]{1,64}$"})
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="a JSON schema of the arguments; omitted: a function that takes none"
+    )
+    strict: bool | None = Field(
+        default=None,
+        description="accepted: a call's arguments always follow `parameters` here (constrained decoding)",
+    )
+
+
+class ChatTool(_Request):
+    type: str = Field(description="function tools only", json_schema_extra={"enum": ["function"]})
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: str = Field(json_schema_extra={"enum": ["function"]})
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Request):
+    name: str = Field(default="", json_schema_extra={"pattern": r"^[A-Za-z0-9_-]{0,64}$"})
+    description: str | None = None
+    # `schema` is BaseModel's own attribute: the field is schema_ and takes its JSON name by alias.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = Field(
+        default=None, description="true also forbids properties the schema does not name (OpenAI's strict mode)"
+    )
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormat(_Request):
+    type: str = Field(json_schema_extra={"enum": ["text", "json_object", "json_schema"]})
+    json_schema: JsonSchemaFormat | None = Field(default=None, description="with type json_schema only")
 
 
 class StreamOptions(_Request):
@@ -161,11 +248,21 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, json_schema_extra={"minimum": 1})
     safety_identifier: str | None = Field(default=None, description="accepted, as `user`")
     top_logprobs: int | None = refused("top_logprobs")
-    # Tools and structured output come with constrained decoding (issue 20); refused until then.
-    tools: list[Any] | None = refused("tools")
-    tool_choice: Any = refused("tool_choice")
+    # Tools and structured output: guaranteed by constrained decoding in the model.
+    tools: list[ChatTool] | None = Field(default=None, json_schema_extra={"maxItems": 128})
+    tool_choice: str | NamedToolChoice | None = Field(
+        default=None,
+        description='"none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
+        json_schema_extra={
+            "anyOf": [
+                {"enum": ["none", "auto", "required"]},
+                {"$ref": "#/components/schemas/NamedToolChoice"},
+                {"type": "null"},
+            ]
+        },
+    )
     parallel_tool_calls: bool | None = refused("parallel_tool_calls")
-    response_format: dict[str, Any] | None = refused("response_format")
+    response_format: ResponseFormat | None = None
     functions: list[Any] | None = refused("functions")
     function_call: Any = refused("function_call")
     audio: Any = refused("audio")
@@ -197,12 +294,13 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-FinishReason = Literal["stop", "length", "cancelled", "unknown"]
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled", "unknown"]
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None = Field(description="null when the reply is only tool calls")
+    tool_calls: list[MessageToolCall] | None = Field(default=None, description="present when the model called tools")
 
 
 class ChatChoice(BaseModel):

@@ -172,9 +172,8 @@ def test_stop_sequences_and_seed_are_honoured(client: OpenAI) -> None:
     [
         ({"n": 2}, "n", "one choice"),
         ({"logprobs": True}, "logprobs", "log probabilities"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools"),
-        ({"tool_choice": "auto"}, "tool_choice", "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "structured output"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls", "several tools"),
+        ({"functions": [{"name": "f"}]}, "functions", "send tools"),
         ({"top_p": 1.5}, "top_p", "(0, 1]"),
         ({"temperature": -1}, "temperature", "temperature"),
         ({"max_tokens": 0}, "max_tokens", "> 0"),

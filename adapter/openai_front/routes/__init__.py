@@ -57,6 +57,8 @@ def _core_names_to_openai(path: str) -> Callable[[str], str]:
         return lambda message: "input" + message[len("inputs") :] if message.startswith("inputs") else message
     if path.startswith("/v1/images/"):
         return convert.rename_image_fields
+    if path == "/v1/chat/completions":
+        return convert.rename_chat_fields
     return lambda message: message
 
 

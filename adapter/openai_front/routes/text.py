@@ -45,7 +45,7 @@ async def chat_completions(
     body: s.ChatCompletionRequest,
     core: CoreServices = Depends(services),  # noqa: B008 - FastAPI's idiom
 ) -> Response:
-    request, include_usage = convert.chat_request(body)
+    request, include_usage = convert.chat_request(body)  # tools, tool_choice, response_format included
     return await _respond(core.text.chat(request, options_prefix=""), "chat", bool(body.stream), include_usage)
 
 
@@ -66,17 +66,21 @@ async def _respond(deltas: AsyncIterator[t.TextDelta], kind: str, stream: bool, 
         if stream:
             return EventStream(generator, first, convert.ChunkWriter(kind, first.model, include_usage))
         texts, last = [first.text], first
+        calls = convert.ToolCallAssembler()
+        calls.add(first.tool_calls)
         while last.finish is None:
             last = await anext(generator)
             texts.append(last.text)
+            calls.add(last.tool_calls)
     except StopAsyncIteration:
         raise errors.Internal("the model's stream ended without a finish") from None
     except BaseException:
         await generator.aclose()
         raise
     await generator.aclose()
-    build = convert.chat_completion if kind == "chat" else convert.completion
-    return JSONResponse(build(last.model, "".join(texts), last.finish))
+    if kind == "chat":
+        return JSONResponse(convert.chat_completion(last.model, "".join(texts), calls.calls(), last.finish))
+    return JSONResponse(convert.completion(last.model, "".join(texts), last.finish))
 
 
 class EventStream(Response):
@@ -98,6 +102,8 @@ class EventStream(Response):
             while True:
                 if delta.text:
                     events += writer.text(delta.text)
+                if delta.tool_calls:
+                    events += writer.tool_calls(delta.tool_calls)
                 if delta.finish is not None:
                     events += writer.finish(delta.finish)
                 await send({"type": "http.response.body", "body": events, "more_body": True})
