@@ -194,10 +194,16 @@ class Grammars:
         self.utf8 = Utf8Guard(vocabulary[:vocab_size], stop_token_ids)
 
     def prepare(
-        self, sampling_json: str | None, tools_json: str | None, tool_choice_json: str | None, chat: bool
+        self,
+        sampling_json: str | None,
+        tools_json: str | None,
+        tool_choice_json: str | None,
+        chat: bool,
+        parallel: bool = True,
     ) -> StructuredRequest:
         """Parses and compiles a request's constraints (InvalidRequest naming the field): the
-        `guided_decoding` entry of `sampling_parameters` and the `tools` and `tool_choice` inputs."""
+        `guided_decoding` entry of `sampling_parameters`, the `tools` and `tool_choice` inputs, and
+        `parallel_tool_calls` (False: at most one call)."""
         rest, guided = _split_guided_decoding(sampling_json)
         tools = parse_tools(tools_json)
         if tools and not chat:
@@ -211,7 +217,7 @@ class Grammars:
                 )
             constraint = self.guided(guided)
         elif choice.mode != "none":
-            constraint = Constraint(self.tool_calls(tools, choice), "tools", self.utf8, tool_calls=True)
+            constraint = Constraint(self.tool_calls(tools, choice, parallel), "tools", self.utf8, tool_calls=True)
         # tool_choice none: the model is not shown the tools at all, so it cannot call them.
         return StructuredRequest(rest, constraint, tools if choice.mode != "none" else [], choice)
 
@@ -256,11 +262,11 @@ class Grammars:
         text = json.dumps(_bounded_strings_as_patterns(schema))  # key order kept: it is the output's
         return self._compile(where, self.compiler.compile_json_schema, text, any_whitespace=False, strict_mode=True)
 
-    def tool_calls(self, tools: list[Tool], choice: ToolChoice) -> xgr.CompiledGrammar:
+    def tool_calls(self, tools: list[Tool], choice: ToolChoice, parallel: bool = True) -> xgr.CompiledGrammar:
         """The grammar of tool calls in the Hermes/Qwen `<tool_call>` format (tool_calls.py), each
         call's arguments held to its tool's parameters schema: with "auto" free text in which any
         `<tool_call>` must be a valid call, with "required" one or more calls and nothing else, with
-        a named function exactly that one call."""
+        a named function exactly that one call. Not `parallel`: the reply ends after its first call."""
         selected = [(i, t) for i, t in enumerate(tools) if choice.mode != "function" or t.name == choice.name]
         for i, tool in selected:
             self.json_schema(tool.parameters, f"tools[{i}].function.parameters")  # names a bad schema
@@ -277,9 +283,11 @@ class Grammars:
         ]
         layout: Any
         if choice.mode == "auto":
-            layout = TriggeredTagsFormat(triggers=[OPEN_TAG], tags=tags)
+            layout = TriggeredTagsFormat(triggers=[OPEN_TAG], tags=tags, stop_after_first=not parallel)
         elif choice.mode == "required":
-            layout = TagsWithSeparatorFormat(tags=tags, separator="\n", at_least_one=True)
+            layout = TagsWithSeparatorFormat(
+                tags=tags, separator="\n", at_least_one=True, stop_after_first=not parallel
+            )
         else:
             layout = tags[0]
         return self._compile("tools", self.compiler.compile_structural_tag, StructuralTag(format=layout))

@@ -46,6 +46,8 @@ class TextGenerationService:
                 messages=messages,
                 tools=tools or None,
                 tool_choice=tool_choice,
+                # Only where it changes something: tools the model may call.
+                parallel_tool_calls=request.parallel_tool_calls or not tools or tool_choice == "none",
                 guided_decoding=guided,
             ),
             request.options,
@@ -81,7 +83,15 @@ class TextGenerationService:
         load_seconds: float,
         prefix: str,
     ) -> AsyncIterator[t.TextDelta]:
-        call = "generate" if request.messages is None else "chat with tools" if request.tools else "chat"
+        call = (
+            "generate"
+            if request.messages is None
+            else "chat"
+            if not request.tools
+            else "chat with tools"
+            if request.parallel_tool_calls
+            else "chat with one tool call"
+        )
         info, interface = await self._gateway.text_interface(request.model, call)
         limit = info.parameters.get("max_tokens_limit")
         sampling = validation.sampling_parameters(options, int(limit) if limit else None, prefix)

@@ -99,6 +99,7 @@ class ChatRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = ToolChoice()
     response_format: ResponseFormat = ResponseFormat()
+    parallel_tool_calls: bool = True  # False: at most one tool call in the reply
 
 
 @dataclass(frozen=True)

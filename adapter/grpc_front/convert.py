@@ -138,6 +138,7 @@ def chat_request(request: pb.ChatStreamRequest) -> t.ChatRequest:
         tools=tuple(t.Tool(x.name, x.description, x.parameters_json) for x in request.tools),
         tool_choice=_tool_choice(request.tool_choice),
         response_format=_response_format(request.response_format),
+        parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
     )
 
 

@@ -204,6 +204,7 @@ def chat_request(body: s.ChatCompletionRequest) -> tuple[t.ChatRequest, bool]:
         tools=_tools(body.tools),
         tool_choice=_tool_choice(body.tool_choice),
         response_format=_response_format(body.response_format),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
     )
     return request, _stream_options(body)
 

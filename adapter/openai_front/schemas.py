@@ -30,7 +30,6 @@ REFUSED_UNLESS: dict[str, tuple[tuple[Any, ...], str]] = {
     "logit_bias": ((None, {}), "the sampler takes no per-token bias"),
     "echo": ((None, False), "the prompt is not returned with the completion"),
     "suffix": ((None, ""), "the model does not fill in between a prompt and a suffix"),
-    "parallel_tool_calls": ((None, True), "the model may call several tools in one reply; ask for one in the prompt"),
     "functions": ((None, []), OLD_FUNCTIONS),
     "function_call": ((None, "none"), OLD_FUNCTIONS),
     "audio": ((None,), "the models here read and write text only"),
@@ -261,7 +260,9 @@ class ChatCompletionRequest(_Sampling):
             ]
         },
     )
-    parallel_tool_calls: bool | None = refused("parallel_tool_calls")
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="false: the reply makes at most one tool call (default true: one or more)"
+    )
     response_format: ResponseFormat | None = None
     functions: list[Any] | None = refused("functions")
     function_call: Any = refused("function_call")

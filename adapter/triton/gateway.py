@@ -188,13 +188,13 @@ class TritonGateway:
         return info
 
     async def text_interface(self, model: str, call: str) -> tuple[ModelInfo, TextInterface]:
-        """How to drive `model` for `call` ("chat", "chat with tools" or "generate"), from its loaded
+        """How to drive `model` for `call` (a key of tensors.INTERFACES), from its loaded
         config: the vLLM-backend dialect's switches it declares, and whether it renders chats itself
         (`messages`) or the adapter renders them with its tokenizer's chat template. INVALID_ARGUMENT
         for a model that is no text model (no text_output); FAILED_PRECONDITION for a text model
         this call cannot drive, naming what its config lacks."""
         info = await self.model_info(model)
-        if TEXT_OUTPUT not in info.outputs or call == "chat with tools":
+        if TEXT_OUTPUT not in info.outputs or call.startswith("chat with "):
             await self.require_interface(model, call)  # refuses it, naming what it lacks
         switches = tuple(name for name in TEXT_SWITCHES if name in info.inputs)
         if call != "generate" and MESSAGES in info.inputs:

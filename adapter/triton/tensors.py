@@ -42,6 +42,7 @@ TOKENIZER_PARAMETER = "tokenizer"
 # Tool calling (with messages): OpenAI's tools and tool_choice as JSON in; tool-call deltas out.
 TOOLS = "tools"
 TOOL_CHOICE = "tool_choice"
+PARALLEL_TOOL_CALLS = "parallel_tool_calls"  # BOOL; false: at most one call
 TOOL_CALLS = "tool_calls"
 # The embedding model.
 NORMALIZE = "normalize"
@@ -65,6 +66,10 @@ INTERFACES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "chat": (frozenset({MESSAGES}), frozenset({TEXT_OUTPUT})),
     # Tool calling: the model renders the tools and parses its own calls (our llm model does).
     "chat with tools": (frozenset({MESSAGES, TOOLS, TOOL_CHOICE}), frozenset({TEXT_OUTPUT, TOOL_CALLS})),
+    "chat with one tool call": (
+        frozenset({MESSAGES, TOOLS, TOOL_CHOICE, PARALLEL_TOOL_CALLS}),
+        frozenset({TEXT_OUTPUT, TOOL_CALLS}),
+    ),
     "generate": (frozenset({TEXT_INPUT}), frozenset({TEXT_OUTPUT})),
     "embedding": (frozenset({TEXT_INPUT}), frozenset({EMBEDDING})),
 }

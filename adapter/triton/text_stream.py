@@ -33,6 +33,7 @@ from adapter.triton.tensors import (
     MESSAGES,
     NUM_INPUT_TOKENS,
     NUM_OUTPUT_TOKENS,
+    PARALLEL_TOOL_CALLS,
     SAMPLING_PARAMETERS,
     STREAM_HEADERS,
     TEXT_INPUT,
@@ -154,8 +155,9 @@ def _text_stream_closed(_: asyncio.Task[None]) -> None:
     _open_text_streams -= 1
 
 
-# A raw BOOL tensor of one true element.
+# Raw BOOL tensors of one element.
 _TRUE = b"\x01"
+_FALSE = b"\x00"
 
 
 def _text_request(request: TextGenerationRequest, interface: TextInterface) -> service_pb2.ModelInferRequest:
@@ -176,11 +178,14 @@ def _text_request(request: TextGenerationRequest, interface: TextInterface) -> s
         tensor.shape.append(1)
         encoded = value.encode("utf-8")
         triton_request.raw_input_contents.append(struct.pack("<I", len(encoded)) + encoded)
-    for name in interface.switches:
+    flags = [(name, _TRUE) for name in interface.switches]
+    if not request.parallel_tool_calls:
+        flags.append((PARALLEL_TOOL_CALLS, _FALSE))
+    for flag, raw in flags:
         tensor = triton_request.inputs.add()
-        tensor.name, tensor.datatype = name, "BOOL"
+        tensor.name, tensor.datatype = flag, "BOOL"
         tensor.shape.append(1)
-        triton_request.raw_input_contents.append(_TRUE)
+        triton_request.raw_input_contents.append(raw)
     return triton_request
 
 

@@ -17,6 +17,7 @@ class TextGenerationRequest:
     messages: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None  # OpenAI function tools (with messages)
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True  # False: sent as the model's parallel_tool_calls input
     # Constrained decoding (vLLM's sampling parameter name), added to `sampling` when sent.
     guided_decoding: dict[str, Any] | None = None
 

@@ -197,6 +197,9 @@ type ChatRequest struct {
 	Tools []Tool
 	// ToolChoice says whether and which tools the model must call (zero: the server's default).
 	ToolChoice ToolChoice
+	// ParallelToolCalls false makes the reply call at most one tool; nil (or true) lets the model
+	// make several calls in one reply (OpenAI's parallel_tool_calls).
+	ParallelToolCalls *bool
 	// ResponseFormat constrains the reply to JSON (zero: free text). It does not go with Tools
 	// unless ToolChoice is ToolChoiceNone.
 	ResponseFormat ResponseFormat
@@ -499,13 +502,14 @@ func (r *ChatRequest) toProto() *pb.ChatStreamRequest {
 		tools = append(tools, &pb.Tool{Name: t.Name, Description: t.Description, ParametersJson: string(t.Parameters)})
 	}
 	return &pb.ChatStreamRequest{
-		Model:          r.Model,
-		Messages:       msgs,
-		Options:        r.Options.toProto(),
-		KeepAlive:      keepAliveToProto(r.KeepAlive),
-		Tools:          tools,
-		ToolChoice:     r.ToolChoice.toProto(),
-		ResponseFormat: r.ResponseFormat.toProto(),
+		Model:             r.Model,
+		Messages:          msgs,
+		Options:           r.Options.toProto(),
+		KeepAlive:         keepAliveToProto(r.KeepAlive),
+		Tools:             tools,
+		ToolChoice:        r.ToolChoice.toProto(),
+		ResponseFormat:    r.ResponseFormat.toProto(),
+		ParallelToolCalls: r.ParallelToolCalls,
 	}
 }
 

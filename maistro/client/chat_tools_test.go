@@ -27,6 +27,7 @@ func captureChat(got **pb.ChatStreamRequest) *fakeserver.Server {
 
 func TestChatSendsToolsToolChoiceAndResponseFormatExactly(t *testing.T) {
 	weather := Tool{Name: "get_weather", Description: "Weather in a city", Parameters: json.RawMessage(weatherSchema)}
+	no := false
 	tests := []struct {
 		name string
 		req  ChatRequest
@@ -47,6 +48,11 @@ func TestChatSendsToolsToolChoiceAndResponseFormatExactly(t *testing.T) {
 				},
 				ToolChoice: &pb.ToolChoice{Mode: pb.ToolChoice_MODE_AUTO},
 			},
+		},
+		{
+			name: "one tool call at most",
+			req:  ChatRequest{Tools: []Tool{{Name: "now"}}, ParallelToolCalls: &no},
+			want: &pb.ChatStreamRequest{Tools: []*pb.Tool{{Name: "now"}}, ParallelToolCalls: &no},
 		},
 		{
 			name: "tool choice none",

@@ -172,7 +172,6 @@ def test_stop_sequences_and_seed_are_honoured(client: OpenAI) -> None:
     [
         ({"n": 2}, "n", "one choice"),
         ({"logprobs": True}, "logprobs", "log probabilities"),
-        ({"parallel_tool_calls": False}, "parallel_tool_calls", "several tools"),
         ({"functions": [{"name": "f"}]}, "functions", "send tools"),
         ({"top_p": 1.5}, "top_p", "(0, 1]"),
         ({"temperature": -1}, "temperature", "temperature"),

@@ -129,6 +129,25 @@ def test_a_required_tool_call_has_arguments_that_validate(stub: pb_grpc.Inferenc
         jsonschema.validate(json.loads(call["arguments"]), schemas[call["name"]])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_without_parallel_tool_calls_a_required_reply_is_one_call(
+    stub: pb_grpc.InferenceServiceStub, seed: int
+) -> None:
+    responses = chat(
+        stub,
+        "What is the weather in Paris?",
+        seed=seed,
+        max_tokens=160,
+        tools=[WEATHER, TIME],
+        tool_choice=pb.ToolChoice(mode=pb.ToolChoice.MODE_REQUIRED),
+        parallel_tool_calls=False,
+    )
+    calls = assembled_calls(responses)
+    assert responses[-1].finish_reason == pb.FINISH_REASON_TOOL_CALLS and len(calls) == 1, calls
+    schemas = {"get_weather": WEATHER_PARAMETERS, "get_time": json.loads(TIME.parameters_json)}
+    jsonschema.validate(json.loads(calls[0]["arguments"]), schemas[calls[0]["name"]])
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_named_tool_is_the_one_called(stub: pb_grpc.InferenceServiceStub, seed: int) -> None:
     responses = chat(
@@ -411,6 +430,16 @@ def test_openai_streamed_tool_call_deltas_reassemble_to_the_whole_reply(client: 
         jsonschema.validate(json.loads(call["arguments"]), TOOL_SCHEMAS[call["name"]])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_openai_parallel_tool_calls_false_makes_one_call(client: OpenAI, seed: int) -> None:
+    fields: dict[str, Any] = {"tools": [WEATHER_TOOL, TIME_TOOL], "tool_choice": "required"}
+    reply = ask(client, "What is the weather in Paris?", seed, parallel_tool_calls=False, **fields)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls or ()) == 1, choice
+    call = choice.message.tool_calls[0]  # type: ignore[index]
+    jsonschema.validate(json.loads(call.function.arguments), TOOL_SCHEMAS[call.function.name])
+
+
 def test_openai_named_tool_choice_calls_that_tool(client: OpenAI) -> None:
     choice = {"type": "function", "function": {"name": "get_time"}}
     reply = ask(client, "What time is it in Tokyo?", 1, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=choice)
@@ -517,10 +546,12 @@ def test_openai_the_chat_model_calls_the_weather_tool_for_the_city(chat_adapter:
             max_tokens=64,
             temperature=0,
             tools=[WEATHER_TOOL, TIME_TOOL],
-            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            # "required" and one call: the greedy 135M model would otherwise repeat its call.
+            tool_choice="required",
+            parallel_tool_calls=False,
         )
     choice = reply.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls or ()) == 1, choice
     call = choice.message.tool_calls[0]
     arguments = json.loads(call.function.arguments)
     jsonschema.validate(arguments, WEATHER_PARAMETERS)

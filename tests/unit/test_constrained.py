@@ -221,6 +221,41 @@ def test_required_tool_calls_validate_for_every_seed_and_their_deltas_reassemble
     assert results[999].finish_reason == "length" and not deltas_of(results[999])
 
 
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_without_parallel_tool_calls_the_grammar_ends_after_the_first_call(grammars: Grammars, choice: str) -> None:
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+    second = '\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'
+
+    def accepts(parallel: bool, text: str) -> bool:
+        tools = json.dumps([WEATHER, TIME])
+        constraint = grammars.prepare(None, tools, json.dumps(choice), chat=True, parallel=parallel).constraint
+        assert constraint is not None
+        matcher = constraint.matcher()
+        return bool(matcher.accept_string(text)) and bool(matcher.is_completed())
+
+    assert accepts(True, call) and accepts(True, call + second)
+    assert accepts(False, call)
+    assert not accepts(False, call + second)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_without_parallel_tool_calls_a_required_reply_is_exactly_one_valid_call(
+    tiny: tuple[Any, Any], grammars: Grammars, seed: int
+) -> None:
+    one = grammars.prepare(None, json.dumps([WEATHER, TIME]), '"required"', chat=True, parallel=False)
+    e = new_engine(tiny)
+    e.submit(
+        seed,
+        chat_ids(tiny, "Weather in Paris?", one),
+        SamplingParams(max_tokens=200, temperature=1.0, seed=seed),
+        one.constraint,
+    )
+    result = run_to_end(e, {})[seed]
+    calls = merge_tool_call_deltas(deltas_of(result))
+    assert result.finish_reason == "tool_calls" and len(calls) == 1, result
+    jsonschema.validate(json.loads(calls[0].arguments), SCHEMAS[calls[0].name])
+
+
 def test_a_named_tool_choice_calls_exactly_that_tool(tiny: tuple[Any, Any], grammars: Grammars) -> None:
     request = with_tools(grammars, {"type": "function", "function": {"name": "get_weather"}})
     e = new_engine(tiny)

@@ -54,7 +54,8 @@ func newChatCommand(g *globalFlags) *cobra.Command {
 			"  maistro chat --system \"Answer in French\" -i\n" +
 			"  echo \"Summarise: ...\" | maistro chat --json\n" +
 			"  maistro chat --json-schema person.json \"Invent a person\"\n" +
-			"  maistro chat --tool weather.json --tool-choice required \"Weather in Paris?\"",
+			"  maistro chat --tool weather.json --tool-choice required \"Weather in Paris?\"\n" +
+			"  maistro chat --tool weather.json --tool time.json --parallel-tool-calls=false \"Weather in Paris?\"",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			shape, err := r.shape()
 			if err != nil {
@@ -105,6 +106,8 @@ type replyFlags struct {
 	jsonObject bool
 	tools      []string
 	toolChoice string
+	parallel   bool
+	cmd        *cobra.Command // to tell --parallel-tool-calls given from its default
 }
 
 func (r *replyFlags) add(cmd *cobra.Command) {
@@ -116,6 +119,9 @@ func (r *replyFlags) add(cmd *cobra.Command) {
 		"`FILE` holding one OpenAI-style function tool the model may call (repeatable)")
 	flags.StringVar(&r.toolChoice, "tool-choice", "",
 		"`CHOICE`: auto, none, required, or the name of the tool to call (default: the server's, auto with tools)")
+	flags.BoolVar(&r.parallel, "parallel-tool-calls", true,
+		"false: the reply calls at most one tool (parallel_tool_calls)")
+	r.cmd = cmd
 	cmd.MarkFlagsMutuallyExclusive("json-schema", "json-object")
 }
 
@@ -124,6 +130,8 @@ type replyShape struct {
 	format client.ResponseFormat
 	tools  []client.Tool
 	choice client.ToolChoice
+	// parallel is nil unless --parallel-tool-calls was given.
+	parallel *bool
 }
 
 // shape reads the files the flags name. Its errors name the flag and the file.
@@ -157,6 +165,10 @@ func (r *replyFlags) shape() (replyShape, error) {
 		s.choice = client.ToolChoiceRequired
 	default:
 		s.choice = client.ToolChoiceFunction(r.toolChoice)
+	}
+	if r.cmd != nil && r.cmd.Flags().Changed("parallel-tool-calls") {
+		parallel := r.parallel
+		s.parallel = &parallel
 	}
 	return s, nil
 }
@@ -250,7 +262,7 @@ func (s *chatSession) turn(content string) (*client.ChatResult, error) {
 	req := &client.ChatRequest{
 		Model: s.f.model, Messages: msgs,
 		Options: s.f.options(s.cmd), KeepAlive: s.f.keepAlive.option(s.cmd),
-		Tools: s.shape.tools, ToolChoice: s.shape.choice, ResponseFormat: s.shape.format,
+		Tools: s.shape.tools, ToolChoice: s.shape.choice, ResponseFormat: s.shape.format, ParallelToolCalls: s.shape.parallel,
 	}
 	p := s.g.newPrinter(s.cmd)
 	start := time.Now()

@@ -83,6 +83,19 @@ func TestChatReplyFlagsReachTheServer(t *testing.T) {
 			want: &pb.ChatStreamRequest{ToolChoice: &pb.ToolChoice{Mode: pb.ToolChoice_MODE_NONE}},
 		},
 		{
+			name: "--parallel-tool-calls=false",
+			args: []string{"--tool", bare, "--parallel-tool-calls=false"},
+			want: &pb.ChatStreamRequest{
+				Tools:             []*pb.Tool{{Name: "get_weather", Description: "Weather in a city", ParametersJson: weatherParams}},
+				ParallelToolCalls: proto.Bool(false),
+			},
+		},
+		{
+			name: "--parallel-tool-calls given true is sent too",
+			args: []string{"--parallel-tool-calls"},
+			want: &pb.ChatStreamRequest{ParallelToolCalls: proto.Bool(true)},
+		},
+		{
 			name: "--tool-choice with a tool's name",
 			args: []string{"--tool", bare, "--tool-choice", "get_weather"},
 			want: &pb.ChatStreamRequest{
@@ -102,7 +115,10 @@ func TestChatReplyFlagsReachTheServer(t *testing.T) {
 			srv.mu.Lock()
 			req := srv.lastChat
 			srv.mu.Unlock()
-			got := &pb.ChatStreamRequest{Tools: req.GetTools(), ToolChoice: req.GetToolChoice(), ResponseFormat: req.GetResponseFormat()}
+			got := &pb.ChatStreamRequest{
+				Tools: req.GetTools(), ToolChoice: req.GetToolChoice(), ResponseFormat: req.GetResponseFormat(),
+				ParallelToolCalls: req.ParallelToolCalls,
+			}
 			if !proto.Equal(got, tt.want) {
 				t.Errorf("server got\n %v\nwant\n %v", got, tt.want)
 			}

@@ -41,7 +41,7 @@ from model_runtime.text_generation import (
     parse_sampling_parameters,
 )
 from model_runtime.tool_calls import ToolCallDelta, tool_calls_json
-from model_runtime.triton_inputs import string_input, watch_cancellations
+from model_runtime.triton_inputs import bool_values, string_input, watch_cancellations
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # The gauges the Kubernetes Gateway API Inference Extension routes on are refreshed at most this often.
@@ -180,12 +180,14 @@ class TritonPythonModel:
             self.active.increment(-1)
             self.streams.pop(request_id, None)
 
-    def _read_inputs(self, request: Any) -> tuple[str | None, ...]:
-        """On the loop (pb_utils): the request's string inputs."""
-        return tuple(
+    def _read_inputs(self, request: Any) -> tuple[str | bool | None, ...]:
+        """On the loop (pb_utils): the request's string inputs, and parallel_tool_calls."""
+        strings = tuple(
             string_input(pb_utils, request, name)
             for name in ("sampling_parameters", "messages", "text_input", "tools", "tool_choice")
         )
+        parallel = bool_values(pb_utils, request, "parallel_tool_calls")
+        return (*strings, parallel is None or all(parallel))
 
     def _read_switches(self, request: Any) -> Switches:
         """On the loop (pb_utils): stream, exclude_input_in_output and the return_* switches."""
@@ -203,11 +205,14 @@ class TritonPythonModel:
         text: str | None,
         tools_json: str | None,
         tool_choice_json: str | None,
+        parallel_tool_calls: bool = True,
     ) -> tuple[str, list[int], SamplingParams, Constraint | None]:
         """On the tokenizing thread (no pb_utils): options checked, grammar compiled (cached per
         schema), prompt tokenized. Returns the prompt as the model sees it (a chat rendered with the
         template), its tokens, the options and the request's constraint."""
-        structured = self.grammars.prepare(sampling_json, tools_json, tool_choice_json, chat=messages_json is not None)
+        structured = self.grammars.prepare(
+            sampling_json, tools_json, tool_choice_json, chat=messages_json is not None, parallel=parallel_tool_calls
+        )
         params = parse_sampling_parameters(
             without_neutral_options(structured.sampling_parameters),
             self.default_max_tokens,

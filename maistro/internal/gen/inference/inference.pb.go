@@ -1033,8 +1033,11 @@ type ChatStreamRequest struct {
 	Tools          []*Tool         `protobuf:"bytes,5,rep,name=tools,proto3" json:"tools,omitempty"`
 	ToolChoice     *ToolChoice     `protobuf:"bytes,6,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
 	ResponseFormat *ResponseFormat `protobuf:"bytes,7,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// False: the reply makes at most one tool call (OpenAI's parallel_tool_calls); unset or true:
+	// the model may make several.
+	ParallelToolCalls *bool `protobuf:"varint,8,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ChatStreamRequest) Reset() {
@@ -1114,6 +1117,13 @@ func (x *ChatStreamRequest) GetResponseFormat() *ResponseFormat {
 		return x.ResponseFormat
 	}
 	return nil
+}
+
+func (x *ChatStreamRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
 }
 
 // ChatStreamResponse is one chunk of the reply. The last chunk has done set and carries
@@ -3427,7 +3437,7 @@ const file_inference_v1_inference_proto_rawDesc = "" +
 	"\aTimings\x12>\n" +
 	"\rload_duration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\floadDuration\x12H\n" +
 	"\x13time_to_first_token\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10timeToFirstToken\x12@\n" +
-	"\x0etotal_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\x81\x03\n" +
+	"\x0etotal_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rtotalDuration\"\xce\x03\n" +
 	"\x11ChatStreamRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x125\n" +
 	"\bmessages\x18\x02 \x03(\v2\x19.inference.v1.ChatMessageR\bmessages\x129\n" +
@@ -3437,7 +3447,9 @@ const file_inference_v1_inference_proto_rawDesc = "" +
 	"\x05tools\x18\x05 \x03(\v2\x12.inference.v1.ToolR\x05tools\x129\n" +
 	"\vtool_choice\x18\x06 \x01(\v2\x18.inference.v1.ToolChoiceR\n" +
 	"toolChoice\x12E\n" +
-	"\x0fresponse_format\x18\a \x01(\v2\x1c.inference.v1.ResponseFormatR\x0eresponseFormat\"\xad\x02\n" +
+	"\x0fresponse_format\x18\a \x01(\v2\x1c.inference.v1.ResponseFormatR\x0eresponseFormat\x123\n" +
+	"\x13parallel_tool_calls\x18\b \x01(\bH\x00R\x11parallelToolCalls\x88\x01\x01B\x16\n" +
+	"\x14_parallel_tool_calls\"\xad\x02\n" +
 	"\x12ChatStreamResponse\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x05delta\x18\x02 \x01(\tR\x05delta\x12\x12\n" +
@@ -3805,6 +3817,7 @@ func file_inference_v1_inference_proto_init() {
 		return
 	}
 	file_inference_v1_inference_proto_msgTypes[6].OneofWrappers = []any{}
+	file_inference_v1_inference_proto_msgTypes[9].OneofWrappers = []any{}
 	file_inference_v1_inference_proto_msgTypes[16].OneofWrappers = []any{}
 	file_inference_v1_inference_proto_msgTypes[19].OneofWrappers = []any{}
 	file_inference_v1_inference_proto_msgTypes[27].OneofWrappers = []any{
