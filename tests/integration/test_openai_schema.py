@@ -63,9 +63,29 @@ MODELS = {
 }
 
 
+def _coherent_conversation(body: dict[str, Any]) -> None:
+    """The rules of a conversation no JSON schema states (a tool message answers a call made
+    before it; some message has text), made to hold in a valid case by adding messages around the
+    generated ones: otherwise nearly every generated chat is refused and none reaches the model."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return
+    coherent: list[Any] = []
+    for message in messages:
+        call_id = message.get("tool_call_id") if isinstance(message, dict) else None
+        if isinstance(message, dict) and message.get("role") == "tool" and isinstance(call_id, str):
+            call = {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            coherent.append({"role": "assistant", "tool_calls": [call]})
+        coherent.append(message)
+    coherent.append({"role": "user", "content": "Hello"})
+    body["messages"] = coherent
+
+
 def _bounded(case: schemathesis.Case, mode: GenerationMode) -> None:
     if isinstance(case.body, dict) and mode is GenerationMode.POSITIVE and case.path in MODELS:
         case.body["model"] = MODELS[case.path]
+        if case.path == "/v1/chat/completions":
+            _coherent_conversation(case.body)
     if isinstance(case.body, dict) and case.path in TEXT_ROUTES:
         for name in ("max_tokens", "max_completion_tokens"):
             value = case.body.get(name)

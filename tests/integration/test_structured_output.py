@@ -110,8 +110,13 @@ def test_json_object_output_is_a_json_object(stub: pb_grpc.InferenceServiceStub,
         assert responses[-1].finish_reason == pb.FINISH_REASON_LENGTH and text.lstrip().startswith("{"), text
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_a_required_tool_call_has_arguments_that_validate(stub: pb_grpc.InferenceServiceStub, seed: int) -> None:
+@pytest.mark.parametrize("parallel", [None, False], ids=["parallel-default", "parallel-false"])
+@pytest.mark.parametrize("seed", range(7))
+def test_a_required_tool_call_has_arguments_that_validate(
+    stub: pb_grpc.InferenceServiceStub, seed: int, parallel: bool | None
+) -> None:
+    """Whatever the weights, one or more calls whose arguments validate; with parallel_tool_calls
+    false exactly one."""
     responses = chat(
         stub,
         "What is the weather in Paris?",
@@ -119,33 +124,17 @@ def test_a_required_tool_call_has_arguments_that_validate(stub: pb_grpc.Inferenc
         max_tokens=160,
         tools=[WEATHER, TIME],
         tool_choice=pb.ToolChoice(mode=pb.ToolChoice.MODE_REQUIRED),
+        parallel_tool_calls=parallel,
     )
     calls = assembled_calls(responses)
     assert responses[-1].finish_reason == pb.FINISH_REASON_TOOL_CALLS, responses[-1]
     assert calls, "a required tool call must be made"
+    if parallel is False:
+        assert len(calls) == 1, calls
     schemas = {"get_weather": WEATHER_PARAMETERS, "get_time": json.loads(TIME.parameters_json)}
     for call in calls:
         assert call["id"] and call["name"] in schemas, call
         jsonschema.validate(json.loads(call["arguments"]), schemas[call["name"]])
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_without_parallel_tool_calls_a_required_reply_is_one_call(
-    stub: pb_grpc.InferenceServiceStub, seed: int
-) -> None:
-    responses = chat(
-        stub,
-        "What is the weather in Paris?",
-        seed=seed,
-        max_tokens=160,
-        tools=[WEATHER, TIME],
-        tool_choice=pb.ToolChoice(mode=pb.ToolChoice.MODE_REQUIRED),
-        parallel_tool_calls=False,
-    )
-    calls = assembled_calls(responses)
-    assert responses[-1].finish_reason == pb.FINISH_REASON_TOOL_CALLS and len(calls) == 1, calls
-    schemas = {"get_weather": WEATHER_PARAMETERS, "get_time": json.loads(TIME.parameters_json)}
-    jsonschema.validate(json.loads(calls[0]["arguments"]), schemas[calls[0]["name"]])
 
 
 @pytest.mark.parametrize("seed", range(4))
